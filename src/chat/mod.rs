@@ -1,0 +1,10 @@
+//! The chat domain: accounts, servers, channels, membership, messages and the delta log.
+//!
+//! `ops` and the modules it calls run on worker threads against storage; `handlers` runs
+//! on the loop and turns requests into replies or ops; `fanout` is the loop's live state
+//! (subscriptions, the in-memory tail of each server's log).
+
+pub mod accounts;
+pub mod delta;
+pub mod handlers;
+pub mod ops;

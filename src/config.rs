@@ -1,0 +1,232 @@
+//! Configuration: every limit with its default and the reason for it.
+//!
+//! Precedence: built-in defaults, then the TOML file given with `--config`, then
+//! command-line flags. The SPEC §8 flags always work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Each one overrides the config file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "chimed", version, about = "A self-hosted chat server daemon")]
+pub struct Args {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the ready log line names it).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Storage URL: `sqlite://PATH` (default `sqlite://chimed.db`) or `mysql://USER:PASS@HOST:PORT/DB`.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Directory for uploaded files.
+    #[arg(long)]
+    pub files_dir: Option<PathBuf>,
+    /// Worker threads (at least 2: one writer plus readers/hashers).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `off` lifts request-rate limits and the per-IP connection limit (load tests on loopback).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub rate_limits: Option<String>,
+    /// Global connection limit (0: derived from the open-files limit).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest frame in bytes.
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Per-connection output buffer in bytes (slow-consumer threshold).
+    #[arg(long)]
+    pub max_output_bytes: Option<usize>,
+    /// Deltas per partition of a server's log.
+    #[arg(long)]
+    pub partition_size: Option<u64>,
+}
+
+/// The effective configuration. Field docs give the default and why.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `127.0.0.1:7700`: loopback unless the operator opts in to exposure.
+    pub listen: String,
+    /// `sqlite://chimed.db`: one-command start with no database server.
+    pub db: String,
+    /// `files`: content-addressed upload store.
+    pub files_dir: PathBuf,
+    /// 4: one writer (group commit) and three readers; Argon2 runs on the readers.
+    pub workers: usize,
+    /// true. `false` is for load tests on loopback.
+    pub rate_limits: bool,
+    /// 0 = the open-files limit minus a reserve for storage and files.
+    pub max_connections: usize,
+    /// 64: a household behind one NAT fits; a single host cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// 1 MiB (SPEC §2).
+    pub max_frame_bytes: usize,
+    /// 1 MiB: past this a subscriber stops getting live deltas (and its input is not read).
+    pub max_output_bytes: usize,
+    /// 30 s: a subscriber that stays over its output limit this long is disconnected.
+    pub slow_consumer_timeout_ms: u64,
+    /// 64: requests of one connection waiting on storage; more pauses its reads.
+    pub max_inflight_per_conn: usize,
+    /// 8192: jobs queued for the workers; a full queue answers `unavailable` at once.
+    pub job_queue: usize,
+    /// 5 s: a storage job not started or not committed in this time answers `unavailable`.
+    pub storage_timeout_ms: u64,
+    /// 30 days.
+    pub token_ttl_s: u64,
+    /// 10,000 deltas per partition (SPEC §5).
+    pub partition_size: u64,
+    /// 4096 recent deltas per server kept in memory, so most catch-ups skip storage.
+    pub delta_tail: usize,
+    /// 500 deltas per catch-up page read from storage.
+    pub catchup_page: usize,
+    /// 512: writes committed in one transaction at most (group commit).
+    pub max_batch: usize,
+    /// Test hook: every storage job first sleeps this long (simulates a stalled database).
+    pub test_storage_delay_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:7700".into(),
+            db: "sqlite://chimed.db".into(),
+            files_dir: PathBuf::from("files"),
+            workers: 4,
+            rate_limits: true,
+            max_connections: 0,
+            max_connections_per_ip: 64,
+            max_frame_bytes: 1 << 20,
+            max_output_bytes: 1 << 20,
+            slow_consumer_timeout_ms: 30_000,
+            max_inflight_per_conn: 64,
+            job_queue: 8192,
+            storage_timeout_ms: 5_000,
+            token_ttl_s: 30 * 24 * 3600,
+            partition_size: 10_000,
+            delta_tail: 4096,
+            catchup_page: 500,
+            max_batch: 512,
+            test_storage_delay_ms: 0,
+        }
+    }
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read(PathBuf, std::io::Error),
+    Parse(PathBuf, toml::de::Error),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ConfigError::Parse(p, e) => write!(f, "cannot parse {}: {e}", p.display()),
+            ConfigError::Invalid(m) => write!(f, "invalid configuration: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Defaults, then the config file, then the flags.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &args.listen {
+            cfg.listen = v.clone();
+        }
+        if let Some(v) = &args.db {
+            cfg.db = v.clone();
+        }
+        if let Some(v) = &args.files_dir {
+            cfg.files_dir = v.clone();
+        }
+        if let Some(v) = args.workers {
+            cfg.workers = v;
+        }
+        if let Some(v) = &args.rate_limits {
+            cfg.rate_limits = v == "on";
+        }
+        if let Some(v) = args.max_connections {
+            cfg.max_connections = v;
+        }
+        if let Some(v) = args.max_frame_bytes {
+            cfg.max_frame_bytes = v;
+        }
+        if let Some(v) = args.max_output_bytes {
+            cfg.max_output_bytes = v;
+        }
+        if let Some(v) = args.partition_size {
+            cfg.partition_size = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.workers < 2 {
+            return bad("workers must be at least 2 (one writer, one reader)");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024");
+        }
+        if self.max_output_bytes < 64 * 1024 {
+            return bad("max_output_bytes must be at least 65536");
+        }
+        if self.partition_size == 0 || self.delta_tail == 0 || self.catchup_page == 0 || self.max_batch == 0 {
+            return bad("partition_size, delta_tail, catchup_page and max_batch must be positive");
+        }
+        if self.job_queue == 0 || self.max_inflight_per_conn == 0 {
+            return bad("job_queue and max_inflight_per_conn must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_millis(self.storage_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("chimed-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9\"\nworkers = 3\nrate_limits = false\n").unwrap();
+        let args = Args {
+            config: Some(path.clone()),
+            workers: Some(5),
+            ..Args::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9");
+        assert_eq!(cfg.workers, 5);
+        assert!(!cfg.rate_limits);
+        assert_eq!(cfg.db, "sqlite://chimed.db");
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(matches!(Config::load(&args), Err(ConfigError::Parse(..))));
+        let args = Args {
+            workers: Some(1),
+            ..Args::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+}

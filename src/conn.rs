@@ -1,0 +1,326 @@
+//! One client connection: its socket, its read and write buffers, its session, and the
+//! order its replies must leave in.
+//!
+//! Nothing here decides what a frame means; the loop (`crate::server`) feeds bytes in and
+//! flushes bytes out, the handlers decide.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::chat::accounts::Session;
+use crate::wire::line::LineReader;
+
+/// Bytes waiting to be written: owned (a reply) or shared (a delta fanned out to many).
+#[derive(Debug)]
+pub enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// The output queue: chunks in order, an offset into the first, and a byte count that
+/// the loop compares against the configured limit.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    head: usize,
+    len: usize,
+}
+
+/// How a flush ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything was written.
+    Empty,
+    /// The socket would block; WRITABLE interest will say when to go on.
+    Blocked,
+    /// This turn's budget ran out with the socket still writable: go on next turn.
+    Budget,
+}
+
+impl OutQueue {
+    pub fn push(&mut self, c: Chunk) {
+        let n = c.bytes().len();
+        if n > 0 {
+            self.len += n;
+            self.chunks.push_back(c);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes at most `budget` bytes with vectored writes.
+    pub fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> io::Result<Flushed> {
+        let mut written = 0;
+        while self.len > 0 {
+            if written >= budget {
+                return Ok(Flushed::Budget);
+            }
+            let mut slices: [IoSlice<'_>; 32] = [IoSlice::new(&[]); 32];
+            let mut n = 0;
+            for (i, c) in self.chunks.iter().take(32).enumerate() {
+                let b = c.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &b[self.head..] } else { b });
+                n += 1;
+            }
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    written += k;
+                    self.consume(k);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // Give the ring's memory back once drained: idle connections stay small.
+        if self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+        Ok(Flushed::Empty)
+    }
+
+    fn consume(&mut self, mut k: usize) {
+        self.len -= k;
+        while k > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head;
+            if k >= left {
+                k -= left;
+                self.head = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head += k;
+                k = 0;
+            }
+        }
+    }
+}
+
+/// Keeps replies in request order while some wait on storage: a reply that is ready
+/// early is parked until every earlier one has gone out.
+#[derive(Debug, Default)]
+pub struct ReplyOrder {
+    /// Sequence number of `parked[0]`.
+    base: u64,
+    parked: VecDeque<Option<Vec<u8>>>,
+}
+
+impl ReplyOrder {
+    /// Reserves the slot for a reply that will come from a worker.
+    pub fn reserve(&mut self) -> u64 {
+        self.parked.push_back(None);
+        self.base + self.parked.len() as u64 - 1
+    }
+
+    /// A reply computed right away: straight out unless earlier replies are pending.
+    pub fn ready_now(&mut self, frame: Vec<u8>, out: &mut OutQueue) {
+        if self.parked.is_empty() {
+            out.push(Chunk::Owned(frame));
+        } else {
+            self.parked.push_back(Some(frame));
+        }
+    }
+
+    /// Fills a reserved slot and releases every reply that is now in order.
+    pub fn complete(&mut self, seq: u64, frame: Vec<u8>, out: &mut OutQueue) {
+        let Some(idx) = seq.checked_sub(self.base).map(|i| i as usize) else {
+            return;
+        };
+        if let Some(slot) = self.parked.get_mut(idx) {
+            *slot = Some(frame);
+        }
+        while let Some(Some(_)) = self.parked.front() {
+            if let Some(Some(f)) = self.parked.pop_front() {
+                out.push(Chunk::Owned(f));
+            }
+            self.base += 1;
+        }
+        if self.parked.is_empty() && self.parked.capacity() > 8 {
+            self.parked = VecDeque::new();
+        }
+    }
+
+    /// Replies not yet sent (waiting on storage, or behind one that is).
+    pub fn waiting(&self) -> usize {
+        self.parked.len()
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    /// Send what is queued, then close (after a fatal protocol error, or at shutdown).
+    Closing,
+    /// Output sent and our side shut down; discard input until EOF or the deadline, so the
+    /// peer reads our last frame instead of a reset.
+    Draining(Instant),
+    /// Scheduled for the reap phase of this turn.
+    Dead,
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub generation: u64,
+    pub ip: IpAddr,
+    pub reader: LineReader,
+    pub out: OutQueue,
+    pub replies: ReplyOrder,
+    pub session: Option<Session>,
+    pub phase: Phase,
+    /// WRITABLE interest is registered only while output is pending.
+    pub want_write: bool,
+    /// The socket may hold unread input (reading stopped early: budget or backpressure).
+    pub read_pending: bool,
+    /// Already on the loop's flush list for this turn.
+    pub dirty: bool,
+    /// A session-changing request (REGISTER, LOGIN, AUTH, LOGOUT) is in flight: later
+    /// frames wait for it, so they run under the session it establishes.
+    pub barrier: bool,
+    pub last_active: Instant,
+}
+
+impl Conn {
+    /// Whether buffered frames must wait before being dispatched.
+    pub fn must_wait(&self, max_inflight: usize) -> bool {
+        self.barrier || self.replies.waiting() >= max_inflight
+    }
+
+    pub fn new(stream: TcpStream, generation: u64, ip: IpAddr, now: Instant) -> Conn {
+        Conn {
+            stream,
+            generation,
+            ip,
+            reader: LineReader::default(),
+            out: OutQueue::default(),
+            replies: ReplyOrder::default(),
+            session: None,
+            phase: Phase::Open,
+            want_write: false,
+            read_pending: false,
+            dirty: false,
+            barrier: false,
+            last_active: now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call and then would block.
+    struct Trickle {
+        got: Vec<u8>,
+        cap: usize,
+        calls: usize,
+        block_after: usize,
+    }
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(b)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls > self.block_after {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = (self.cap - n).min(b.len());
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order() {
+        let mut q = OutQueue::default();
+        q.push(Chunk::Owned(b"hello ".to_vec()));
+        q.push(Chunk::Shared(Arc::from(&b"shared "[..])));
+        q.push(Chunk::Owned(b"world".to_vec()));
+        let mut w = Trickle {
+            got: vec![],
+            cap: 4,
+            calls: 0,
+            block_after: 2,
+        };
+        assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), Flushed::Blocked);
+        assert_eq!(q.len(), 18 - 8);
+        w.calls = 0;
+        w.block_after = 100;
+        assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), Flushed::Empty);
+        assert_eq!(w.got, b"hello shared world");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn budget_limits_one_flush() {
+        let mut q = OutQueue::default();
+        for _ in 0..10 {
+            q.push(Chunk::Owned(vec![b'x'; 100]));
+        }
+        let mut w = Trickle {
+            got: vec![],
+            cap: 100,
+            calls: 0,
+            block_after: 1000,
+        };
+        assert_eq!(q.flush(&mut w, 250).unwrap(), Flushed::Budget);
+        assert_eq!(w.got.len(), 300);
+    }
+
+    #[test]
+    fn replies_leave_in_request_order() {
+        let mut out = OutQueue::default();
+        let mut r = ReplyOrder::default();
+        r.ready_now(b"a".to_vec(), &mut out); // nothing pending: straight out
+        let s1 = r.reserve();
+        r.ready_now(b"c".to_vec(), &mut out); // parked behind s1
+        let s2 = r.reserve();
+        r.complete(s2, b"d".to_vec(), &mut out); // still behind s1
+        assert_eq!(out.len(), 1);
+        r.complete(s1, b"b".to_vec(), &mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(r.waiting(), 0);
+        let mut w = Trickle {
+            got: vec![],
+            cap: 100,
+            calls: 0,
+            block_after: 100,
+        };
+        out.flush(&mut w, usize::MAX).unwrap();
+        assert_eq!(w.got, b"abcd");
+    }
+}

@@ -1,0 +1,691 @@
+//! The poll loop: one thread, every client socket.
+//!
+//! Each turn, after Redis' `ae.c`: poll (timeout = the next deadline) -> handle socket
+//! events (accept, read and dispatch frames) -> continue reads that stopped early ->
+//! drain worker completions (bounded) -> flush output (bounded per connection) -> reap
+//! closed connections -> timers. Handlers compute; this module does all the I/O.
+//!
+//! Backpressure: a connection's input is not read while it has too many replies waiting
+//! on storage or too much output queued, so each connection's memory stays bounded by
+//! the configured limits no matter what the client sends.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::chat::handlers::{self, Outcome};
+use crate::chat::ops::{Effect, Settings};
+use crate::config::Config;
+use crate::conn::{Conn, Flushed, Phase};
+use crate::protocol::{self, Action, ApiError, ErrorCode};
+use crate::token::{ConnId, LISTENER, SIGNALS, WAKER};
+use crate::wire::line::FrameError;
+use crate::workers::{Done, Job, Origin, Pool};
+
+/// Bytes read from one connection per turn before others get their go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Bytes written to one connection per turn (Redis' NET_MAX_WRITES_PER_EVENT).
+const WRITE_BUDGET: usize = 256 * 1024;
+/// Worker completions handled per turn; the rest wait for the next turn.
+const COMPLETIONS_PER_TURN: usize = 8192;
+/// How long a closing connection may take to read our last frame.
+const LINGER: Duration = Duration::from_secs(2);
+/// How long to stop accepting after EMFILE, so a full fd table does not spin the loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a shutdown waits for in-flight work before closing anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Counters for logs and /metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: u64,
+    pub refused: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    conns: Slab<Conn>,
+    generation: u64,
+    pool: Pool,
+    cfg: Config,
+    max_conns: usize,
+    scratch: Vec<u8>,
+    /// Connections with output to flush this turn.
+    dirty: Vec<usize>,
+    /// Connections to close at the end of this turn.
+    reap: Vec<usize>,
+    /// Connections whose socket may hold input we have not read yet.
+    pending_reads: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+    stopping: Option<Instant>,
+    pub counters: Counters,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind(String, io::Error),
+    Io(io::Error),
+    Storage(crate::store::StoreError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+            StartError::Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> StartError {
+        StartError::Io(e)
+    }
+}
+
+fn is_emfile(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+impl Server {
+    /// Binds the listener, opens storage connections and starts the workers.
+    pub fn bind(cfg: Config, max_conns: usize) -> Result<Server, StartError> {
+        let addr: SocketAddr = cfg
+            .listen
+            .parse()
+            .map_err(|e| StartError::Bind(cfg.listen.clone(), io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let settings = Settings {
+            storage_timeout: cfg.storage_timeout(),
+            token_ttl_ms: (cfg.token_ttl_s as i64).saturating_mul(1000),
+            partition_size: cfg.partition_size as i64,
+            max_batch: cfg.max_batch,
+        };
+        let pool = Pool::start(
+            &cfg.db,
+            cfg.workers,
+            cfg.job_queue,
+            settings,
+            waker,
+            Duration::from_millis(cfg.test_storage_delay_ms),
+        )
+        .map_err(StartError::Storage)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            conns: Slab::with_capacity(1024),
+            generation: 0,
+            pool,
+            cfg,
+            max_conns,
+            scratch: vec![0; 64 * 1024],
+            dirty: Vec::new(),
+            reap: Vec::new(),
+            pending_reads: Vec::new(),
+            accept_paused_until: None,
+            stopping: None,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until SIGTERM/SIGINT, then drains and returns.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        info!(
+            "chimed ready, listening on {} (storage {}, max {} connections)",
+            self.local_addr,
+            redact(&self.cfg.db),
+            self.max_conns
+        );
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {} // completions are drained below, every turn
+                    SIGNALS => self.on_signal(),
+                    Token(key) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(key);
+                        }
+                        if ev.is_writable() || ev.is_write_closed() {
+                            self.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            self.continue_reads();
+            self.drain_completions();
+            self.flush();
+            self.reap_closed();
+            self.timers();
+            if self.finished_stopping() {
+                break;
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.pending_reads.is_empty() || !self.dirty.is_empty() || !self.pool.done_rx.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut t = Duration::from_secs(1);
+        if let Some(until) = self.accept_paused_until {
+            t = t.min(until.saturating_duration_since(Instant::now()));
+        }
+        if self.stopping.is_some() {
+            t = t.min(Duration::from_millis(10));
+        }
+        Some(t)
+    }
+
+    // ---- accept -------------------------------------------------------------------
+
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_emfile(&e) => {
+                    warn!(
+                        "accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} ({} connections open)",
+                        self.conns.len()
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
+        if self.conns.len() >= self.max_conns {
+            self.counters.refused += 1;
+            let frame = protocol::encode_error(None, None, &ApiError::unavailable("server is full"));
+            let _ = io::Write::write(&mut stream, &frame);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.generation += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            warn!("register {addr}: {e}");
+            return;
+        }
+        entry.insert(Conn::new(stream, self.generation, addr.ip(), Instant::now()));
+        self.counters.accepted += 1;
+    }
+
+    // ---- read and dispatch ---------------------------------------------------------
+
+    /// Reads what the socket has (up to the turn's budget) and dispatches whole frames.
+    fn read(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            match conn.phase {
+                Phase::Closing | Phase::Dead => return,
+                Phase::Draining(_) => return self.discard_input(key),
+                Phase::Open => {}
+            }
+            if conn.must_wait(self.cfg.max_inflight_per_conn)
+                || conn.out.len() >= self.cfg.max_output_bytes
+                || self.stopping.is_some()
+            {
+                conn.read_pending = true; // resumed when replies or output drain
+                return;
+            }
+            if budget == 0 {
+                self.defer_read(key);
+                return;
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    // Half-close: answer what was asked, then close.
+                    conn.phase = Phase::Closing;
+                    conn.read_pending = false;
+                    self.mark_dirty(key);
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    conn.reader.extend(&self.scratch[..n]);
+                    conn.last_active = Instant::now();
+                    self.dispatch_frames(key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.read_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("read: {e}");
+                    self.close_now(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn defer_read(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.read_pending = true;
+            self.pending_reads.push(key);
+        }
+    }
+
+    /// Dispatches buffered frames until none is complete or the connection must wait.
+    fn dispatch_frames(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut reader = std::mem::take(&mut conn.reader);
+        let max = self.cfg.max_frame_bytes;
+        loop {
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
+            if conn.phase != Phase::Open || conn.must_wait(self.cfg.max_inflight_per_conn) {
+                break;
+            }
+            match reader.next_frame(max) {
+                Ok(Some(frame)) => {
+                    self.counters.frames_in += 1;
+                    self.dispatch(key, frame);
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge) => {
+                    let err = ApiError::new(ErrorCode::TooLarge, format!("frame exceeds {max} bytes"));
+                    self.reply_now(key, protocol::encode_error(None, None, &err));
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.phase = Phase::Closing;
+                    }
+                    reader = Default::default();
+                    break;
+                }
+            }
+        }
+        reader.compact();
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.reader = reader;
+        }
+    }
+
+    /// One frame: decode, check the action table, run the handler, apply its outcome.
+    fn dispatch(&mut self, key: usize, frame: &[u8]) {
+        let req = match protocol::decode(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.reply_now(
+                    key,
+                    protocol::encode_error(e.action.as_deref(), e.id.as_ref(), &e.error),
+                )
+            }
+        };
+        let Some(action) = Action::from_name(&req.action) else {
+            let err = ApiError::new(ErrorCode::UnknownAction, format!("unknown action {}", req.action));
+            return self.reply_now(key, protocol::encode_error(Some(&req.action), req.id.as_ref(), &err));
+        };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if !action.open() && conn.session.is_none() {
+            let err = ApiError::unauthenticated("this action needs a session: REGISTER, LOGIN or AUTH first");
+            return self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err));
+        }
+        match handlers::handle(action, req.data, conn.session.as_ref()) {
+            Outcome::Reply(data) => {
+                self.reply_now(key, protocol::encode_success(action.name(), req.id.as_ref(), &data))
+            }
+            Outcome::Fail(err) => {
+                self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err))
+            }
+            Outcome::Job(op) => {
+                let generation = conn.generation;
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                let seq = conn.replies.reserve();
+                conn.barrier = matches!(action, Action::Register | Action::Login | Action::Auth | Action::Logout);
+                let origin = Origin {
+                    conn: ConnId { key, generation },
+                    seq: Some(seq),
+                    action,
+                    id: req.id,
+                };
+                let job = Job {
+                    origin: origin.clone(),
+                    op,
+                    deadline: Instant::now() + self.cfg.storage_timeout(),
+                };
+                if let Err(err) = self.pool.submit(job) {
+                    conn.barrier = false;
+                    let frame = protocol::encode_error(Some(action.name()), origin.id.as_ref(), &err);
+                    conn.replies.complete(seq, frame, &mut conn.out);
+                    self.mark_dirty(key);
+                }
+            }
+        }
+    }
+
+    fn reply_now(&mut self, key: usize, frame: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.replies.ready_now(frame, &mut conn.out);
+            self.mark_dirty(key);
+        }
+    }
+
+    fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        loop {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return self.close_now(key),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close_now(key),
+            }
+        }
+    }
+
+    /// Reads that stopped early (budget, or backpressure that has since cleared).
+    fn continue_reads(&mut self) {
+        let keys = std::mem::take(&mut self.pending_reads);
+        for key in keys {
+            if self.conns.get(key).is_some_and(|c| c.read_pending) {
+                self.read(key);
+            }
+        }
+    }
+
+    /// A connection's backpressure may have cleared: dispatch buffered frames, then read.
+    fn maybe_resume(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.phase != Phase::Open
+            || conn.must_wait(self.cfg.max_inflight_per_conn)
+            || conn.out.len() >= self.cfg.max_output_bytes
+        {
+            return;
+        }
+        if conn.reader.pending() > 0 {
+            self.dispatch_frames(key);
+        }
+        if self.conns.get(key).is_some_and(|c| c.read_pending) && !self.pending_reads.contains(&key) {
+            self.pending_reads.push(key);
+        }
+    }
+
+    // ---- completions ---------------------------------------------------------------
+
+    fn drain_completions(&mut self) {
+        // Reset before draining: a completion sent after this point wakes us again.
+        self.pool.wake_pending.store(false, Ordering::Release);
+        for _ in 0..COMPLETIONS_PER_TURN {
+            let Ok(done) = self.pool.done_rx.try_recv() else {
+                break;
+            };
+            self.complete(done);
+        }
+    }
+
+    fn complete(&mut self, done: Done) {
+        let Done {
+            origin,
+            frame,
+            effect,
+            published: _,
+        } = done;
+        let key = origin.conn.key;
+        let live = self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.generation == origin.conn.generation);
+        match effect {
+            Effect::Logout { token_hash } => {
+                for (_, c) in self.conns.iter_mut() {
+                    if c.session.as_ref().is_some_and(|s| s.token_hash == token_hash) {
+                        c.session = None;
+                    }
+                }
+            }
+            Effect::Session(s) if live => {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.session = Some(s);
+                }
+            }
+            _ => {}
+        }
+        if !live {
+            return; // the client left, or its slot now belongs to someone else
+        }
+        if let (Some(seq), Some(conn)) = (origin.seq, self.conns.get_mut(key)) {
+            if matches!(
+                origin.action,
+                Action::Register | Action::Login | Action::Auth | Action::Logout
+            ) {
+                conn.barrier = false;
+            }
+            conn.replies.complete(seq, frame, &mut conn.out);
+            self.mark_dirty(key);
+        }
+        self.maybe_resume(key);
+    }
+
+    // ---- write ---------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Writes each dirty connection's output, up to the per-turn budget.
+    fn flush(&mut self) {
+        let keys = std::mem::take(&mut self.dirty);
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
+            self.counters.frames_out += 1;
+            match result {
+                Ok(Flushed::Empty) => {
+                    if conn.want_write {
+                        conn.want_write = false;
+                        let _ = self
+                            .poll
+                            .registry()
+                            .reregister(&mut conn.stream, Token(key), Interest::READABLE);
+                    }
+                    if conn.phase == Phase::Closing && conn.replies.waiting() == 0 {
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                        conn.phase = Phase::Draining(Instant::now() + LINGER);
+                        self.discard_input(key);
+                        continue;
+                    }
+                    self.maybe_resume(key);
+                }
+                Ok(Flushed::Blocked) => {
+                    if !conn.want_write {
+                        conn.want_write = true;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                }
+                Ok(Flushed::Budget) => {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+                Err(e) => {
+                    debug!("write: {e}");
+                    self.close_now(key);
+                }
+            }
+        }
+    }
+
+    // ---- close ---------------------------------------------------------------------
+
+    /// Schedules the connection for the reap phase (idempotent).
+    fn close_now(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.phase != Phase::Dead {
+                conn.phase = Phase::Dead;
+                self.reap.push(key);
+            }
+        }
+    }
+
+    fn reap_closed(&mut self) {
+        for key in std::mem::take(&mut self.reap) {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+        }
+    }
+
+    // ---- timers, signals, shutdown -------------------------------------------------
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        // Lingering closes whose peer never sent EOF.
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Draining(t) if t <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            self.close_now(key);
+        }
+    }
+
+    fn on_signal(&mut self) {
+        for sig in self.signals.pending() {
+            info!("signal {sig}: stopping (no new connections; finishing queued work)");
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+            self.stopping.get_or_insert(Instant::now() + SHUTDOWN_GRACE);
+        }
+    }
+
+    fn finished_stopping(&mut self) -> bool {
+        let Some(deadline) = self.stopping else {
+            return false;
+        };
+        let idle = self.pool.in_flight() == 0
+            && self.pool.done_rx.is_empty()
+            && self.conns.iter().all(|(_, c)| c.out.is_empty());
+        idle || Instant::now() >= deadline
+    }
+
+    fn shutdown(&mut self) {
+        self.pool.shutdown();
+        // Answers that arrived while the pool drained.
+        while let Ok(done) = self.pool.done_rx.try_recv() {
+            self.complete(done);
+        }
+        self.flush();
+        let n = self.conns.len();
+        self.conns.clear();
+        info!("stopped; closed {n} connections");
+    }
+
+    /// Snapshot used by tests and metrics.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact("mysql://root:pw@127.0.0.1:3306/db"),
+            "mysql://***@127.0.0.1:3306/db"
+        );
+        assert_eq!(redact("sqlite://chimed.db"), "sqlite://chimed.db");
+    }
+}

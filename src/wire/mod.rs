@@ -1,0 +1,4 @@
+//! Transports: how frames are cut out of (and put into) a connection's byte stream.
+//! Pure byte-level code; no sockets here.
+
+pub mod line;
