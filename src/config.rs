@@ -85,6 +85,12 @@ pub struct Config {
     pub catchup_page: usize,
     /// 512: writes committed in one transaction at most (group commit).
     pub max_batch: usize,
+    /// TURN REST API shared secret (as in coturn's `static-auth-secret`); unset: no TURN.
+    pub turn_secret: Option<String>,
+    /// TURN server URIs handed to clients, e.g. `turn:turn.example.org:3478`.
+    pub turn_uris: Vec<String>,
+    /// 24 h: lifetime of TURN credentials.
+    pub turn_ttl_s: u64,
     /// Test hook: every storage job first sleeps this long (simulates a stalled database).
     pub test_storage_delay_ms: u64,
 }
@@ -110,6 +116,9 @@ impl Default for Config {
             delta_tail: 4096,
             catchup_page: 500,
             max_batch: 512,
+            turn_secret: None,
+            turn_uris: Vec::new(),
+            turn_ttl_s: 24 * 3600,
             test_storage_delay_ms: 0,
         }
     }

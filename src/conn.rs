@@ -13,6 +13,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::chat::accounts::Session;
+use crate::chat::fanout::Sub;
 use crate::wire::line::LineReader;
 
 /// Bytes waiting to be written: owned (a reply) or shared (a delta fanned out to many).
@@ -201,6 +202,12 @@ pub struct Conn {
     /// frames wait for it, so they run under the session it establishes.
     pub barrier: bool,
     pub last_active: Instant,
+    /// Subscriptions, one per server (see `chat::fanout`).
+    pub subs: Vec<Sub>,
+    /// Since when a live subscription has been held back for slow reading.
+    pub lagged_since: Option<Instant>,
+    /// The voice channel this connection has joined.
+    pub voice: Option<i64>,
 }
 
 impl Conn {
@@ -224,6 +231,9 @@ impl Conn {
             dirty: false,
             barrier: false,
             last_active: now,
+            subs: Vec::new(),
+            lagged_since: None,
+            voice: None,
         }
     }
 }

@@ -22,9 +22,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::chat::fanout::{Feeds, Fetch};
 use crate::chat::handlers::{self, Outcome};
-use crate::chat::ops::{Effect, Settings};
+use crate::chat::ops::{obj, sid, Effect, Op, Settings};
+use crate::chat::voice::Rooms;
 use crate::config::Config;
+use crate::conn::Chunk;
 use crate::conn::{Conn, Flushed, Phase};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::{ConnId, LISTENER, SIGNALS, WAKER};
@@ -41,6 +44,8 @@ const COMPLETIONS_PER_TURN: usize = 8192;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long to stop accepting after EMFILE, so a full fd table does not spin the loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the timers walk the connection table.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How long a shutdown waits for in-flight work before closing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -71,7 +76,13 @@ pub struct Server {
     /// Connections whose socket may hold input we have not read yet.
     pending_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    next_sweep: Instant,
     stopping: Option<Instant>,
+    feeds: Feeds,
+    rooms: Rooms,
+    /// Connections that got output from fan-out this turn (marked dirty in one pass).
+    touched: Vec<usize>,
+    fetches: Vec<Fetch>,
     pub counters: Counters,
 }
 
@@ -137,6 +148,7 @@ impl Server {
             Duration::from_millis(cfg.test_storage_delay_ms),
         )
         .map_err(StartError::Storage)?;
+        let delta_tail = cfg.delta_tail;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -152,7 +164,12 @@ impl Server {
             reap: Vec::new(),
             pending_reads: Vec::new(),
             accept_paused_until: None,
+            next_sweep: Instant::now(),
             stopping: None,
+            feeds: Feeds::new(delta_tail),
+            rooms: Rooms::default(),
+            touched: Vec::new(),
+            fetches: Vec::new(),
             counters: Counters::default(),
         })
     }
@@ -196,6 +213,7 @@ impl Server {
             self.continue_reads();
             self.drain_completions();
             self.flush();
+            self.fetch_pages();
             self.reap_closed();
             self.timers();
             if self.finished_stopping() {
@@ -389,18 +407,25 @@ impl Server {
             let err = ApiError::unauthenticated("this action needs a session: REGISTER, LOGIN or AUTH first");
             return self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err));
         }
-        match handlers::handle(action, req.data, conn.session.as_ref()) {
+        match handlers::handle(action, req.data, conn.session.as_ref(), &self.cfg) {
             Outcome::Reply(data) => {
                 self.reply_now(key, protocol::encode_success(action.name(), req.id.as_ref(), &data))
             }
             Outcome::Fail(err) => {
                 self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err))
             }
+            Outcome::Unsubscribe(server_id) => {
+                self.feeds.end(&mut self.conns, key, server_id);
+                let data = obj([("server_id", sid(server_id))]);
+                self.reply_now(key, protocol::encode_success(action.name(), req.id.as_ref(), &data));
+            }
             Outcome::Job(op) => {
-                let generation = conn.generation;
-                let Some(conn) = self.conns.get_mut(key) else {
-                    return;
+                let feed = match &op {
+                    Op::Subscribe { server_id, .. } => Some(*server_id),
+                    _ => None,
                 };
+                let generation = conn.generation;
+                let Some(conn) = self.conns.get_mut(key) else { return };
                 let seq = conn.replies.reserve();
                 conn.barrier = matches!(action, Action::Register | Action::Login | Action::Auth | Action::Logout);
                 let origin = Origin {
@@ -408,16 +433,23 @@ impl Server {
                     seq: Some(seq),
                     action,
                     id: req.id,
+                    feed,
                 };
                 let job = Job {
                     origin: origin.clone(),
                     op,
                     deadline: Instant::now() + self.cfg.storage_timeout(),
                 };
+                if let Some(server_id) = feed {
+                    self.feeds.begin_subscribe(server_id);
+                }
                 if let Err(err) = self.pool.submit(job) {
                     conn.barrier = false;
                     let frame = protocol::encode_error(Some(action.name()), origin.id.as_ref(), &err);
                     conn.replies.complete(seq, frame, &mut conn.out);
+                    if let Some(server_id) = feed {
+                        self.feeds.abort_subscribe(server_id);
+                    }
                     self.mark_dirty(key);
                 }
             }
@@ -491,9 +523,9 @@ impl Server {
     fn complete(&mut self, done: Done) {
         let Done {
             origin,
-            frame,
+            mut frame,
             effect,
-            published: _,
+            published,
         } = done;
         let key = origin.conn.key;
         let live = self
@@ -501,34 +533,192 @@ impl Server {
             .get(key)
             .is_some_and(|c| c.generation == origin.conn.generation);
         match effect {
+            Effect::None | Effect::Failed => {
+                if let Some(server_id) = origin.feed {
+                    if origin.seq.is_some() {
+                        self.feeds.abort_subscribe(server_id); // a SUBSCRIBE that failed
+                    } else if live {
+                        self.feeds
+                            .catch_up_failed(&mut self.conns, key, server_id, &mut self.touched);
+                    }
+                }
+            }
+            Effect::Session(s) => {
+                if let Some(c) = self.conns.get_mut(key).filter(|_| live) {
+                    c.session = Some(s);
+                }
+            }
             Effect::Logout { token_hash } => {
-                for (_, c) in self.conns.iter_mut() {
-                    if c.session.as_ref().is_some_and(|s| s.token_hash == token_hash) {
+                let keys: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.session.as_ref().is_some_and(|s| s.token_hash == token_hash))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in keys {
+                    self.feeds.end_all(&mut self.conns, k);
+                    self.leave_voice(k);
+                    if let Some(c) = self.conns.get_mut(k) {
                         c.session = None;
                     }
                 }
             }
-            Effect::Session(s) if live => {
-                if let Some(c) = self.conns.get_mut(key) {
-                    c.session = Some(s);
+            Effect::Subscribed(page) => {
+                let user = self
+                    .conns
+                    .get(key)
+                    .filter(|_| live)
+                    .and_then(|c| c.session.as_ref())
+                    .map(|s| s.user_id);
+                match user {
+                    Some(user) => {
+                        let server_id = page.server_id;
+                        let head = self
+                            .feeds
+                            .subscribed(&mut self.conns, key, user, page, &mut self.touched);
+                        let data = obj([("server_id", sid(server_id)), ("server_delta_id", head.into())]);
+                        frame = protocol::encode_success(origin.action.name(), origin.id.as_ref(), &data);
+                    }
+                    None => self.feeds.abort_subscribe(page.server_id),
                 }
             }
-            _ => {}
-        }
-        if !live {
-            return; // the client left, or its slot now belongs to someone else
-        }
-        if let (Some(seq), Some(conn)) = (origin.seq, self.conns.get_mut(key)) {
-            if matches!(
-                origin.action,
-                Action::Register | Action::Login | Action::Auth | Action::Logout
-            ) {
-                conn.barrier = false;
+            Effect::CatchUp(page) if live => self.feeds.caught_up(&mut self.conns, key, page, &mut self.touched),
+            Effect::CatchUpFailed { server_id } if live => {
+                self.feeds
+                    .catch_up_failed(&mut self.conns, key, server_id, &mut self.touched)
             }
-            conn.replies.complete(seq, frame, &mut conn.out);
+            Effect::CatchUp(_) | Effect::CatchUpFailed { .. } => {}
+            Effect::Typing {
+                server_id,
+                channel_id,
+                user_id,
+            } => {
+                let data = serde_json::json!({"channel_id": channel_id.to_string(), "user_id": user_id.to_string()});
+                let frame: Arc<[u8]> = protocol::encode_push("TYPING", &data).into();
+                self.push_to_server(server_id, &frame);
+            }
+            Effect::Voice {
+                server_id,
+                channel_id,
+                user_id,
+                join,
+            } => {
+                if live {
+                    self.voice(key, server_id, channel_id, user_id, join);
+                }
+            }
+            Effect::Signal { to_user, frame: push } => {
+                let keys: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.session.as_ref().is_some_and(|s| s.user_id == to_user))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in keys {
+                    self.push(k, Chunk::Shared(push.clone()));
+                }
+            }
+        }
+        if live {
+            if let (Some(seq), Some(conn)) = (origin.seq, self.conns.get_mut(key)) {
+                if matches!(
+                    origin.action,
+                    Action::Register | Action::Login | Action::Auth | Action::Logout
+                ) {
+                    conn.barrier = false;
+                }
+                conn.replies.complete(seq, frame, &mut conn.out);
+                self.mark_dirty(key);
+            }
+        }
+        let now = Instant::now();
+        for p in &published {
+            self.feeds
+                .publish(&mut self.conns, p, self.cfg.max_output_bytes, now, &mut self.touched);
+        }
+        self.mark_touched();
+        if live {
+            self.maybe_resume(key);
+        }
+    }
+
+    fn push(&mut self, key: usize, chunk: Chunk) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.out.push(chunk);
             self.mark_dirty(key);
         }
-        self.maybe_resume(key);
+    }
+
+    fn push_to_server(&mut self, server_id: i64, frame: &Arc<[u8]>) {
+        for k in self.feeds.live_subscribers(&self.conns, server_id) {
+            self.push(k, Chunk::Shared(frame.clone()));
+        }
+    }
+
+    fn voice(&mut self, key: usize, server_id: i64, channel_id: i64, user_id: i64, join: bool) {
+        let current = self.conns.get(key).and_then(|c| c.voice);
+        if join {
+            if current.is_some_and(|c| c != channel_id) {
+                self.leave_voice(key);
+            }
+            if let Some(c) = self.conns.get_mut(key) {
+                c.voice = Some(channel_id);
+            }
+            if let Some(ch) = self.rooms.join(server_id, channel_id, user_id, key) {
+                self.push_to_server(ch.server_id, &Arc::from(ch.frame));
+            }
+        } else if current == Some(channel_id) {
+            self.leave_voice(key);
+        }
+    }
+
+    fn leave_voice(&mut self, key: usize) {
+        let Some(channel_id) = self.conns.get_mut(key).and_then(|c| c.voice.take()) else {
+            return;
+        };
+        if let Some(ch) = self.rooms.leave(channel_id, key) {
+            self.push_to_server(ch.server_id, &Arc::from(ch.frame));
+        }
+    }
+
+    fn mark_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for k in touched.drain(..) {
+            self.mark_dirty(k);
+        }
+        self.touched = touched; // keep the allocation for the next delta
+    }
+
+    /// Queues the catch-up reads that `after_flush` asked for.
+    fn fetch_pages(&mut self) {
+        for f in std::mem::take(&mut self.fetches) {
+            let Some(conn) = self.conns.get(f.key) else { continue };
+            let origin = Origin {
+                conn: ConnId {
+                    key: f.key,
+                    generation: conn.generation,
+                },
+                seq: None,
+                action: Action::Subscribe,
+                id: None,
+                feed: Some(f.server_id),
+            };
+            let op = Op::CatchUp {
+                server_id: f.server_id,
+                after: f.after,
+                page: self.cfg.catchup_page,
+            };
+            let job = Job {
+                origin,
+                op,
+                deadline: Instant::now() + self.cfg.storage_timeout(),
+            };
+            if self.pool.submit(job).is_err() {
+                self.feeds
+                    .catch_up_failed(&mut self.conns, f.key, f.server_id, &mut self.touched);
+            }
+        }
+        self.mark_touched();
     }
 
     // ---- write ---------------------------------------------------------------------
@@ -552,6 +742,11 @@ impl Server {
             conn.dirty = false;
             let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
             self.counters.frames_out += 1;
+            if result.is_ok() && (!conn.subs.is_empty() || conn.lagged_since.is_some()) {
+                self.feeds
+                    .after_flush(&mut self.conns, key, self.cfg.max_output_bytes / 4, &mut self.fetches);
+            }
+            let Some(conn) = self.conns.get_mut(key) else { continue };
             match result {
                 Ok(Flushed::Empty) => {
                     if conn.want_write {
@@ -605,6 +800,8 @@ impl Server {
 
     fn reap_closed(&mut self) {
         for key in std::mem::take(&mut self.reap) {
+            self.feeds.end_all(&mut self.conns, key);
+            self.leave_voice(key);
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
             }
@@ -619,11 +816,20 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        // Lingering closes whose peer never sent EOF.
+        // The sweeps below walk every connection: at most a few times a second.
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY;
+        // Lingering closes whose peer never sent EOF, and slow consumers that never drained.
+        let slow = Duration::from_millis(self.cfg.slow_consumer_timeout_ms);
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Draining(t) if t <= now))
+            .filter(|(_, c)| {
+                matches!(c.phase, Phase::Draining(t) if t <= now)
+                    || c.lagged_since.is_some_and(|t| now.duration_since(t) >= slow)
+            })
             .map(|(k, _)| k)
             .collect();
         for key in expired {

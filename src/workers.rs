@@ -34,6 +34,8 @@ pub struct Origin {
     pub seq: Option<u64>,
     pub action: Action,
     pub id: Option<Value>,
+    /// The server whose feed this job holds open (SUBSCRIBE and catch-up reads).
+    pub feed: Option<i64>,
 }
 
 pub struct Job {
@@ -330,7 +332,7 @@ fn commit_batch(db: &mut dyn Db, state: &mut WriterState, sh: &Shared, batch: &m
                         match r {
                             Ok(((data, effect), deltas)) => {
                                 sh.stats.committed_jobs.fetch_add(1, Ordering::Relaxed);
-                                let published = deltas.iter().map(|d| Published::new(d, state.chain(d))).collect();
+                                let published = deltas.iter().map(Published::new).collect();
                                 results.push((origin, Ok((data, effect)), published));
                             }
                             Err(e) => results.push((origin, Err(e.into_api(store_error)), Vec::new())),

@@ -90,28 +90,35 @@ impl Serialize for Delta {
     }
 }
 
+/// Whom a delta cuts off once delivered: a member who left or was kicked stops
+/// receiving the server's deltas; a deleted server stops everyone's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    Nobody,
+    User(i64),
+    Everyone,
+}
+
 /// A delta as the loop handles it: ids for routing, the shared frame bytes for sending.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub server_id: i64,
     pub delta_id: i64,
-    /// The id of the server's previous committed delta (0 for the first): lets the loop's
-    /// in-memory tail know it holds an unbroken run of the log. Unknown (-1) for deltas
-    /// read back from storage.
-    pub prev_delta_id: i64,
-    pub kind: String,
-    pub user_id: i64,
+    pub ends: Ends,
     pub frame: Arc<[u8]>,
 }
 
 impl Published {
-    pub fn new(d: &Delta, prev_delta_id: i64) -> Published {
+    pub fn new(d: &Delta) -> Published {
+        let ends = match d.kind.as_str() {
+            "member_left" => Ends::User(d.user_id),
+            "server_updated" if d.content.as_deref().is_some_and(|c| c.contains("\"deleted\":true")) => Ends::Everyone,
+            _ => Ends::Nobody,
+        };
         Published {
             server_id: d.server_id,
             delta_id: d.delta_id,
-            prev_delta_id,
-            kind: d.kind.clone(),
-            user_id: d.user_id,
+            ends,
             frame: d.publish_frame(),
         }
     }

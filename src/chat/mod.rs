@@ -6,5 +6,12 @@
 
 pub mod accounts;
 pub mod delta;
+pub mod fanout;
 pub mod handlers;
+pub mod log;
+pub mod messages;
 pub mod ops;
+pub mod roles;
+pub mod servers;
+pub mod turn;
+pub mod voice;

@@ -13,8 +13,11 @@ use serde_json::{Map, Value};
 
 use super::accounts::{self, Session};
 use super::delta::Delta;
+use super::log::{self, Page};
+use super::roles::{self, Role};
+use super::{messages, servers};
 use crate::protocol::ApiError;
-use crate::store::{Db, RowExt, StoreError, Val};
+use crate::store::{Db, RowExt, StoreError};
 
 /// Worker-side settings (a copy of the relevant config).
 #[derive(Debug, Clone, Copy)]
@@ -25,21 +28,188 @@ pub struct Settings {
     pub max_batch: usize,
 }
 
-/// Every storage operation. Read ops run on readers, write ops on the writer.
+/// Every storage operation. Read ops run on readers, write ops on the writer. `user` is
+/// always the caller's user id, from the connection's session.
 #[derive(Debug, Clone)]
 pub enum Op {
     // accounts
-    Register { username: String, password: String },
-    Login { username: String, password: String },
-    Auth { token: String },
-    CreateUser { username: String, password_hash: String },
-    CreateToken { user_id: i64, username: String },
-    Logout { token_hash: String },
+    Register {
+        username: String,
+        password: String,
+    },
+    Login {
+        username: String,
+        password: String,
+    },
+    Auth {
+        token: String,
+    },
+    CreateUser {
+        username: String,
+        password_hash: String,
+    },
+    CreateToken {
+        user_id: i64,
+        username: String,
+    },
+    Logout {
+        token_hash: String,
+    },
+    // servers, members, channels, DMs
+    CreateServer {
+        user: i64,
+        name: String,
+        description: String,
+        is_public: bool,
+    },
+    ListServers {
+        user: i64,
+    },
+    DiscoverServers {
+        query: String,
+        after: i64,
+        limit: usize,
+    },
+    JoinServer {
+        user: i64,
+        server_id: Option<i64>,
+        invite_code: Option<String>,
+    },
+    CreateInvite {
+        user: i64,
+        server_id: i64,
+        max_uses: Option<i64>,
+        expires_in_s: Option<i64>,
+    },
+    LeaveServer {
+        user: i64,
+        server_id: i64,
+    },
+    ListMembers {
+        user: i64,
+        server_id: i64,
+        after: i64,
+        limit: usize,
+    },
+    SetRole {
+        user: i64,
+        server_id: i64,
+        target: i64,
+        role: Role,
+    },
+    Kick {
+        user: i64,
+        server_id: i64,
+        target: i64,
+    },
+    DeleteServer {
+        user: i64,
+        server_id: i64,
+    },
+    CreateChannel {
+        user: i64,
+        server_id: i64,
+        name: String,
+        kind: String,
+    },
+    ListChannels {
+        user: i64,
+        server_id: i64,
+    },
+    DeleteChannel {
+        user: i64,
+        channel_id: i64,
+    },
+    OpenDm {
+        user: i64,
+        others: Vec<i64>,
+    },
+    // messages
+    PostMessage {
+        user: i64,
+        channel_id: i64,
+        content: String,
+        attachments: Vec<i64>,
+        client_msg_id: Option<String>,
+    },
+    EditMessage {
+        user: i64,
+        message_id: i64,
+        content: String,
+    },
+    DeleteMessage {
+        user: i64,
+        message_id: i64,
+    },
+    GetMessages {
+        user: i64,
+        channel_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    },
+    // the log
+    Subscribe {
+        user: i64,
+        server_id: i64,
+        after: Option<i64>,
+        page: usize,
+    },
+    CatchUp {
+        server_id: i64,
+        after: i64,
+        page: usize,
+    },
+    Sync {
+        user: i64,
+        server_id: i64,
+        after: i64,
+        limit: usize,
+    },
+    Restore {
+        user: i64,
+        channel_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    },
+    // presence and calls: membership checks before the loop pushes
+    Typing {
+        user: i64,
+        channel_id: i64,
+    },
+    Voice {
+        user: i64,
+        channel_id: i64,
+        join: bool,
+    },
+    CallSignal {
+        user: i64,
+        to_user: i64,
+        call_id: String,
+        payload: Value,
+    },
 }
 
 impl Op {
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::CreateUser { .. } | Op::CreateToken { .. } | Op::Logout { .. })
+        matches!(
+            self,
+            Op::CreateUser { .. }
+                | Op::CreateToken { .. }
+                | Op::Logout { .. }
+                | Op::CreateServer { .. }
+                | Op::JoinServer { .. }
+                | Op::CreateInvite { .. }
+                | Op::LeaveServer { .. }
+                | Op::SetRole { .. }
+                | Op::Kick { .. }
+                | Op::DeleteServer { .. }
+                | Op::CreateChannel { .. }
+                | Op::DeleteChannel { .. }
+                | Op::OpenDm { .. }
+                | Op::PostMessage { .. }
+                | Op::EditMessage { .. }
+                | Op::DeleteMessage { .. }
+        )
     }
 }
 
@@ -54,6 +224,32 @@ pub enum Effect {
     /// This token was revoked: every session holding it ends.
     Logout {
         token_hash: String,
+    },
+    /// A SUBSCRIBE was authorized: start the subscription from this page.
+    Subscribed(Page),
+    /// The next catch-up page of a subscription.
+    CatchUp(Page),
+    /// A catch-up read failed: the subscription ends with a SYNC notice.
+    CatchUpFailed {
+        server_id: i64,
+    },
+    /// Push `TYPING` to the server's subscribers.
+    Typing {
+        server_id: i64,
+        channel_id: i64,
+        user_id: i64,
+    },
+    /// Join or leave a voice channel, then push `VOICE_STATE`.
+    Voice {
+        server_id: i64,
+        channel_id: i64,
+        user_id: i64,
+        join: bool,
+    },
+    /// Relay a `CALL_SIGNAL` to every connection of `to_user`.
+    Signal {
+        to_user: i64,
+        frame: std::sync::Arc<[u8]>,
     },
 }
 
@@ -93,13 +289,13 @@ impl OpError {
 pub type OpResult<T> = Result<T, OpError>;
 
 /// State the writer keeps between batches: the id generator and, per server, the last
-/// delta id handed out and the last one committed. All of it is a cache of what the
+/// delta id handed out and the partition last recorded. All of it is a cache of what the
 /// database holds and is dropped (and re-read) whenever a transaction fails.
 #[derive(Debug, Default)]
 pub struct WriterState {
     last_id: Option<i64>,
     last_assigned: HashMap<i64, i64>,
-    last_committed: HashMap<i64, i64>,
+    partitions: HashMap<i64, i64>,
 }
 
 impl WriterState {
@@ -107,7 +303,7 @@ impl WriterState {
     pub fn reset(&mut self) {
         self.last_id = None;
         self.last_assigned.clear();
-        self.last_committed.clear();
+        self.partitions.clear();
     }
 
     /// A new row id: time-ordered and above every id already stored, so ids never repeat
@@ -139,31 +335,113 @@ impl WriterState {
                     "SELECT MAX(delta_id) FROM deltas WHERE server_id = ?",
                     &[server_id.into()],
                 )?;
-                let v = row.and_then(|r| r.opt_int(0).ok().flatten()).unwrap_or(0);
-                self.last_committed.entry(server_id).or_insert(v);
-                v
+                row.and_then(|r| r.opt_int(0).ok().flatten()).unwrap_or(0)
             }
         };
         self.last_assigned.insert(server_id, last + 1);
         Ok(last + 1)
     }
 
-    /// Records a committed delta and returns the server's previous committed delta id.
-    pub fn chain(&mut self, d: &Delta) -> i64 {
-        let prev = self.last_committed.insert(d.server_id, d.delta_id);
-        prev.unwrap_or(-1)
+    /// Whether `partition` of `server_id` still has to be recorded; remembers it.
+    pub fn new_partition(&mut self, server_id: i64, partition: i64) -> bool {
+        self.partitions.insert(server_id, partition) != Some(partition)
     }
 }
 
-pub fn run_read(db: &mut dyn Db, s: &Settings, op: Op) -> OpResult<Step> {
+fn done(data: Map<String, Value>) -> OpResult<Step> {
+    Ok(Step::Done(data, Effect::None))
+}
+
+pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
     match op {
         Op::Register { username, password } => accounts::register(db, username, password),
         Op::Login { username, password } => accounts::login(db, username, password),
         Op::Auth { token } => accounts::auth(db, &token),
-        other => {
-            let _ = s;
-            Err(ApiError::internal(format!("not a read op: {other:?}")).into())
+        Op::ListServers { user } => done(servers::list_servers(db, user)?),
+        Op::DiscoverServers { query, after, limit } => done(servers::discover(db, &query, after, limit)?),
+        Op::ListMembers {
+            user,
+            server_id,
+            after,
+            limit,
+        } => done(servers::list_members(db, user, server_id, after, limit)?),
+        Op::ListChannels { user, server_id } => done(servers::list_channels(db, user, server_id)?),
+        Op::GetMessages {
+            user,
+            channel_id,
+            before,
+            limit,
+        } => done(messages::get(db, user, channel_id, before, limit)?),
+        Op::Subscribe {
+            user,
+            server_id,
+            after,
+            page,
+        } => {
+            let p = log::subscribe(db, user, server_id, after, page)?;
+            Ok(Step::Done(Map::new(), Effect::Subscribed(p)))
         }
+        Op::CatchUp { server_id, after, page } => match log::catch_up(db, server_id, Some(after), page) {
+            Ok(p) => Ok(Step::Done(Map::new(), Effect::CatchUp(p))),
+            Err(_) => Ok(Step::Done(Map::new(), Effect::CatchUpFailed { server_id })),
+        },
+        Op::Sync {
+            user,
+            server_id,
+            after,
+            limit,
+        } => done(log::sync(db, user, server_id, after, limit)?),
+        Op::Restore {
+            user,
+            channel_id,
+            before,
+            limit,
+        } => done(log::restore(db, user, channel_id, before, limit)?),
+        Op::Typing { user, channel_id } => {
+            let (m, _) = roles::channel_member(db, channel_id, user)?;
+            Ok(Step::Done(
+                Map::new(),
+                Effect::Typing {
+                    server_id: m.server_id,
+                    channel_id,
+                    user_id: user,
+                },
+            ))
+        }
+        Op::Voice { user, channel_id, join } => {
+            let (m, kind) = roles::channel_member(db, channel_id, user)?;
+            if kind != "voice" {
+                return Err(ApiError::bad_request("not a voice channel").into());
+            }
+            Ok(Step::Done(
+                Map::new(),
+                Effect::Voice {
+                    server_id: m.server_id,
+                    channel_id,
+                    user_id: user,
+                    join,
+                },
+            ))
+        }
+        Op::CallSignal {
+            user,
+            to_user,
+            call_id,
+            payload,
+        } => {
+            let shared = db.query_row(
+                "SELECT 1 FROM server_users a JOIN server_users b ON a.server_id = b.server_id \
+                 JOIN servers s ON s.server_id = a.server_id WHERE a.user_id = ? AND b.user_id = ? AND s.deleted = 0 LIMIT 1",
+                &[user.into(), to_user.into()],
+            )?;
+            if shared.is_none() || user == to_user {
+                return Err(ApiError::forbidden("you can only signal users you share a server or DM with").into());
+            }
+            let data = serde_json::json!({"from_user_id": sid(user), "call_id": call_id, "payload": payload});
+            let frame = crate::protocol::encode_push("CALL_SIGNAL", &data).into();
+            Ok(Step::Done(Map::new(), Effect::Signal { to_user, frame }))
+        }
+        other => Err(ApiError::internal(format!("not a read op: {other:?}")).into()),
     }
 }
 
@@ -176,16 +454,77 @@ pub fn run_write(
     op: Op,
     deltas: &mut Vec<Delta>,
 ) -> OpResult<Reply> {
-    let _ = &deltas;
-    match op {
+    let mut tx = servers::Tx { db, s, w, deltas };
+    let data = match op {
         Op::CreateUser {
             username,
             password_hash,
-        } => accounts::create_user(db, s, w, username, password_hash),
-        Op::CreateToken { user_id, username } => accounts::create_token(db, s, user_id, username),
-        Op::Logout { token_hash } => accounts::logout(db, token_hash),
-        other => Err(ApiError::internal(format!("not a write op: {other:?}")).into()),
-    }
+        } => return accounts::create_user(tx.db, s, tx.w, username, password_hash),
+        Op::CreateToken { user_id, username } => return accounts::create_token(tx.db, s, user_id, username),
+        Op::Logout { token_hash } => return accounts::logout(tx.db, token_hash),
+        Op::CreateServer {
+            user,
+            name,
+            description,
+            is_public,
+        } => servers::create_server(&mut tx, user, &name, &description, is_public)?,
+        Op::JoinServer {
+            user,
+            server_id,
+            invite_code,
+        } => servers::join(&mut tx, user, server_id, invite_code.as_deref())?,
+        Op::CreateInvite {
+            user,
+            server_id,
+            max_uses,
+            expires_in_s,
+        } => servers::create_invite(&mut tx, user, server_id, max_uses, expires_in_s)?,
+        Op::LeaveServer { user, server_id } => servers::leave(&mut tx, user, server_id)?,
+        Op::SetRole {
+            user,
+            server_id,
+            target,
+            role,
+        } => servers::set_role(&mut tx, user, server_id, target, role)?,
+        Op::Kick {
+            user,
+            server_id,
+            target,
+        } => servers::kick(&mut tx, user, server_id, target)?,
+        Op::DeleteServer { user, server_id } => servers::delete_server(&mut tx, user, server_id)?,
+        Op::CreateChannel {
+            user,
+            server_id,
+            name,
+            kind,
+        } => servers::create_channel(&mut tx, user, server_id, &name, &kind)?,
+        Op::DeleteChannel { user, channel_id } => servers::delete_channel(&mut tx, user, channel_id)?,
+        Op::OpenDm { user, others } => servers::open_dm(&mut tx, user, &others)?,
+        Op::PostMessage {
+            user,
+            channel_id,
+            content,
+            attachments,
+            client_msg_id,
+        } => messages::post(
+            &mut tx,
+            messages::Post {
+                user,
+                channel_id,
+                content,
+                attachments,
+                client_msg_id,
+            },
+        )?,
+        Op::EditMessage {
+            user,
+            message_id,
+            content,
+        } => messages::edit(&mut tx, user, message_id, content)?,
+        Op::DeleteMessage { user, message_id } => messages::delete(&mut tx, user, message_id)?,
+        other => return Err(ApiError::internal(format!("not a write op: {other:?}")).into()),
+    };
+    Ok((data, Effect::None))
 }
 
 /// Builds a response data object from pairs.
@@ -201,8 +540,4 @@ pub fn sid(id: i64) -> Value {
 /// Parses a wire id; an id that is not ours simply matches nothing.
 pub fn parse_id(s: &str) -> Option<i64> {
     s.parse::<i64>().ok().filter(|v| *v > 0)
-}
-
-pub fn val(v: impl Into<Val>) -> Val {
-    v.into()
 }

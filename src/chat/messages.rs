@@ -1,0 +1,184 @@
+//! Messages: POST, EDIT, DELETE, GET_MESSAGES. Worker side.
+//!
+//! A POST with a `client_msg_id` is idempotent per user: the key is stored with the
+//! message under a unique index, and a repeat returns the first result and writes nothing,
+//! also after a restart.
+
+use serde_json::{json, Map, Value};
+
+use super::log::NewDelta;
+use super::ops::{obj, sid, OpResult};
+use super::roles::{self, Role};
+use super::servers::Tx;
+use crate::protocol::ApiError;
+use crate::store::{Db, RowExt};
+use crate::time::rfc3339_ms;
+
+pub struct Post {
+    pub user: i64,
+    pub channel_id: i64,
+    pub content: String,
+    pub attachments: Vec<i64>,
+    pub client_msg_id: Option<String>,
+}
+
+fn post_reply(delta_id: i64, message_id: i64, server_id: i64) -> Map<String, Value> {
+    obj([
+        ("delta_id", delta_id.into()),
+        ("message_id", sid(message_id)),
+        ("server_id", sid(server_id)),
+    ])
+}
+
+/// Resolves attachment file ids to their metadata; each must belong to the same server.
+fn attachment_meta(db: &mut dyn Db, server_id: i64, files: &[i64]) -> OpResult<Option<String>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut meta = Vec::with_capacity(files.len());
+    for f in files {
+        let row = db.query_row(
+            "SELECT file_id, name, content_type, size, sha256 FROM files WHERE file_id = ? AND server_id = ?",
+            &[(*f).into(), server_id.into()],
+        )?;
+        let Some(r) = row else {
+            return Err(ApiError::not_found(format!("no file {f} in this server")).into());
+        };
+        meta.push(
+            json!({"file_id": r.text(0)?, "name": r.text(1)?, "content_type": r.text(2)?, "size": r.int(3)?,
+                         "sha256": r.text(4)?, "download_url": format!("/api/files/download/{}", r.text(0)?)}),
+        );
+    }
+    Ok(Some(Value::Array(meta).to_string()))
+}
+
+pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
+    if let Some(key) = &p.client_msg_id {
+        let row = tx.db.query_row(
+            "SELECT delta_id, message_id, server_id FROM messages WHERE user_id = ? AND client_msg_id = ?",
+            &[p.user.into(), key.as_str().into()],
+        )?;
+        if let Some(r) = row {
+            return Ok(post_reply(r.int(0)?, r.int(1)?, r.int(2)?));
+        }
+    }
+    let (m, kind) = roles::channel_member(tx.db, p.channel_id, p.user)?;
+    if kind != "text" {
+        return Err(ApiError::bad_request("messages go to text channels").into());
+    }
+    let attachments = attachment_meta(tx.db, m.server_id, &p.attachments)?;
+    let message_id = tx.id()?;
+    let mut d = NewDelta::new(m.server_id, "message", p.user);
+    d.channel_id = Some(p.channel_id);
+    d.message_id = Some(message_id);
+    d.content = Some(p.content.clone());
+    d.attachments = attachments.clone();
+    let delta_id = tx.append(d)?;
+    tx.db.execute(
+        "INSERT INTO messages (message_id, server_id, channel_id, user_id, content, attachments, client_msg_id, delta_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            message_id.into(),
+            m.server_id.into(),
+            p.channel_id.into(),
+            p.user.into(),
+            p.content.into(),
+            attachments.into(),
+            p.client_msg_id.into(),
+            delta_id.into(),
+            crate::time::now_ms().into(),
+        ],
+    )?;
+    for (i, f) in p.attachments.iter().enumerate() {
+        tx.db.execute(
+            "INSERT INTO attachments (message_id, file_id, position) VALUES (?, ?, ?)",
+            &[message_id.into(), (*f).into(), (i as i64).into()],
+        )?;
+    }
+    Ok(post_reply(delta_id, message_id, m.server_id))
+}
+
+/// A live message: `(server_id, channel_id, author)`.
+fn message(db: &mut dyn Db, message_id: i64) -> OpResult<(i64, i64, i64)> {
+    let row = db.query_row(
+        "SELECT server_id, channel_id, user_id FROM messages WHERE message_id = ? AND deleted = 0",
+        &[message_id.into()],
+    )?;
+    match row {
+        Some(r) => Ok((r.int(0)?, r.int(1)?, r.int(2)?)),
+        None => Err(ApiError::not_found("no such message").into()),
+    }
+}
+
+pub fn edit(tx: &mut Tx, user: i64, message_id: i64, content: String) -> OpResult<Map<String, Value>> {
+    let (server_id, channel_id, author) = message(tx.db, message_id)?;
+    roles::member(tx.db, server_id, user)?;
+    if author != user {
+        return Err(ApiError::forbidden("only the author may edit a message").into());
+    }
+    tx.db.execute(
+        "UPDATE messages SET content = ?, edited = 1 WHERE message_id = ?",
+        &[content.as_str().into(), message_id.into()],
+    )?;
+    let mut d = NewDelta::new(server_id, "edit", user);
+    d.channel_id = Some(channel_id);
+    d.message_id = Some(message_id);
+    d.content = Some(content);
+    let delta_id = tx.append(d)?;
+    Ok(post_reply(delta_id, message_id, server_id))
+}
+
+pub fn delete(tx: &mut Tx, user: i64, message_id: i64) -> OpResult<Map<String, Value>> {
+    let (server_id, channel_id, author) = message(tx.db, message_id)?;
+    let m = roles::member(tx.db, server_id, user)?;
+    if author != user && m.role < Role::Moderator {
+        return Err(ApiError::forbidden("only the author or a moderator may delete a message").into());
+    }
+    tx.db.execute(
+        "UPDATE messages SET deleted = 1 WHERE message_id = ?",
+        &[message_id.into()],
+    )?;
+    let mut d = NewDelta::new(server_id, "delete", user);
+    d.channel_id = Some(channel_id);
+    d.message_id = Some(message_id);
+    let delta_id = tx.append(d)?;
+    Ok(post_reply(delta_id, message_id, server_id))
+}
+
+/// GET_MESSAGES: the page of messages before `before` (newest page first, oldest first
+/// within it), as they stand now.
+pub fn get(
+    db: &mut dyn Db,
+    user: i64,
+    channel_id: i64,
+    before: Option<i64>,
+    limit: usize,
+) -> OpResult<Map<String, Value>> {
+    roles::channel_member(db, channel_id, user)?;
+    let rows = db.query(
+        "SELECT message_id, channel_id, user_id, content, attachments, created_at, edited FROM messages \
+         WHERE channel_id = ? AND deleted = 0 AND message_id < ? ORDER BY message_id DESC LIMIT ?",
+        &[
+            channel_id.into(),
+            before.unwrap_or(i64::MAX).into(),
+            (limit as i64 + 1).into(),
+        ],
+    )?;
+    let more = rows.len() > limit;
+    let mut messages = rows
+        .iter()
+        .take(limit)
+        .map(|r| {
+            let attachments: Value = r
+                .opt_text(4)?
+                .and_then(|a| serde_json::from_str(&a).ok())
+                .unwrap_or(Value::Array(Vec::new()));
+            Ok(
+                json!({"message_id": r.text(0)?, "channel_id": r.text(1)?, "user_id": r.text(2)?, "content": r.text(3)?,
+                      "attachments": attachments, "timestamp": rfc3339_ms(r.int(5)?), "edited": r.int(6)? != 0}),
+            )
+        })
+        .collect::<OpResult<Vec<_>>>()?;
+    messages.reverse();
+    Ok(obj([("messages", Value::Array(messages)), ("has_more", more.into())]))
+}
