@@ -201,6 +201,8 @@ pub struct Conn {
     /// A session-changing request (REGISTER, LOGIN, AUTH, LOGOUT) is in flight: later
     /// frames wait for it, so they run under the session it establishes.
     pub barrier: bool,
+    /// The peer shut down its side: answer what it sent, then close.
+    pub read_eof: bool,
     pub last_active: Instant,
     /// Subscriptions, one per server (see `chat::fanout`).
     pub subs: Vec<Sub>,
@@ -230,6 +232,7 @@ impl Conn {
             read_pending: false,
             dirty: false,
             barrier: false,
+            read_eof: false,
             last_active: now,
             subs: Vec::new(),
             lagged_since: None,

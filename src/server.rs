@@ -315,10 +315,10 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    // Half-close: answer what was asked, then close.
-                    conn.phase = Phase::Closing;
+                    // Half-close: answer everything it sent (dispatch_frames closes after).
+                    conn.read_eof = true;
                     conn.read_pending = false;
-                    self.mark_dirty(key);
+                    self.dispatch_frames(key);
                     return;
                 }
                 Ok(n) => {
@@ -380,8 +380,12 @@ impl Server {
             }
         }
         reader.compact();
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.reader = reader;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.reader = reader;
+        // After EOF, once every frame has been dispatched: close when the answers are out.
+        if conn.read_eof && conn.phase == Phase::Open && !conn.must_wait(self.cfg.max_inflight_per_conn) {
+            conn.phase = Phase::Closing;
+            self.mark_dirty(key);
         }
     }
 
@@ -499,7 +503,7 @@ impl Server {
         {
             return;
         }
-        if conn.reader.pending() > 0 {
+        if conn.reader.pending() > 0 || conn.read_eof {
             self.dispatch_frames(key);
         }
         if self.conns.get(key).is_some_and(|c| c.read_pending) && !self.pending_reads.contains(&key) {
