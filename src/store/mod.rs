@@ -5,6 +5,7 @@
 //! keeps SQLite and MySQL at parity by construction. Each worker thread owns one `Db`
 //! (one connection), so nothing here is shared between threads.
 
+pub mod mysql;
 pub mod sqlite;
 
 use std::fmt;
@@ -122,13 +123,16 @@ pub trait Db: Send {
     }
 }
 
-/// Opens a connection for the URL (`sqlite://PATH`).
+/// Opens a connection for the URL (`sqlite://PATH` or `mysql://USER:PASS@HOST:PORT/DB`).
 pub fn open(url: &str, timeout: std::time::Duration) -> Result<Box<dyn Db>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Box::new(sqlite::SqliteDb::open(path, timeout)?));
     }
+    if url.starts_with("mysql://") {
+        return Ok(Box::new(mysql::MysqlDb::open(url, timeout)?));
+    }
     Err(StoreError::Internal(format!(
-        "unsupported storage URL {url:?} (expected sqlite://PATH)"
+        "unsupported storage URL {url:?} (expected sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB)"
     )))
 }
 
@@ -136,6 +140,9 @@ pub fn open(url: &str, timeout: std::time::Duration) -> Result<Box<dyn Db>, Stor
 pub fn migrate(url: &str, timeout: std::time::Duration) -> Result<u32, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return sqlite::migrate(path, timeout);
+    }
+    if url.starts_with("mysql://") {
+        return mysql::migrate(url, timeout);
     }
     Err(StoreError::Internal(format!("unsupported storage URL {url:?}")))
 }
