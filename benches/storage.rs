@@ -15,13 +15,19 @@ use chimed::chat::ops::{run_write, Op, Settings, WriterState};
 use chimed::store::{self, Db};
 
 fn settings() -> Settings {
-    Settings { storage_timeout: Duration::from_secs(10), token_ttl_ms: 3_600_000, partition_size: 10_000, max_batch: 1000 }
+    Settings {
+        storage_timeout: Duration::from_secs(10),
+        token_ttl_ms: 3_600_000,
+        partition_size: 10_000,
+        max_batch: 1000,
+    }
 }
 
 fn write(db: &mut dyn Db, w: &mut WriterState, op: Op) -> serde_json::Map<String, serde_json::Value> {
     let mut deltas = Vec::new();
     db.begin().expect("begin");
-    let (data, _) = run_write(db, &settings(), w, op, &mut deltas).unwrap_or_else(|e| panic!("setup write failed: {e:?}"));
+    let (data, _) =
+        run_write(db, &settings(), w, op, &mut deltas).unwrap_or_else(|e| panic!("setup write failed: {e:?}"));
     db.commit().expect("commit");
     data
 }
@@ -31,10 +37,29 @@ fn run(url: &str, size: usize, batches: usize) -> f64 {
     store::migrate(url, Duration::from_secs(10)).expect("migrate");
     let mut db = store::open(url, Duration::from_secs(10)).expect("open");
     let mut w = WriterState::default();
-    let user = write(db.as_mut(), &mut w, Op::CreateUser { username: format!("bench{}", std::process::id()), password_hash: "x".into() });
+    let user = write(
+        db.as_mut(),
+        &mut w,
+        Op::CreateUser {
+            username: format!("bench{}", std::process::id()),
+            password_hash: "x".into(),
+        },
+    );
     let user: i64 = user["user_id"].as_str().and_then(|s| s.parse().ok()).expect("user id");
-    let srv = write(db.as_mut(), &mut w, Op::CreateServer { user, name: "bench".into(), description: String::new(), is_public: false });
-    let channel_id: i64 = srv["channel_id"].as_str().and_then(|s| s.parse().ok()).expect("channel id");
+    let srv = write(
+        db.as_mut(),
+        &mut w,
+        Op::CreateServer {
+            user,
+            name: "bench".into(),
+            description: String::new(),
+            is_public: false,
+        },
+    );
+    let channel_id: i64 = srv["channel_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("channel id");
     let content = "x".repeat(128);
     let started = Instant::now();
     let mut committed = 0usize;
@@ -43,7 +68,13 @@ fn run(url: &str, size: usize, batches: usize) -> f64 {
         for _ in 0..size {
             db.execute("SAVEPOINT job", &[]).expect("savepoint");
             let mut deltas = Vec::new();
-            let op = Op::PostMessage { user, channel_id, content: content.clone(), attachments: Vec::new(), client_msg_id: None };
+            let op = Op::PostMessage {
+                user,
+                channel_id,
+                content: content.clone(),
+                attachments: Vec::new(),
+                client_msg_id: None,
+            };
             run_write(db.as_mut(), &settings(), &mut w, op, &mut deltas).expect("post");
             db.execute("RELEASE SAVEPOINT job", &[]).expect("release");
             committed += deltas.len();
@@ -78,13 +109,19 @@ fn main() {
         } else {
             None
         };
-        eprintln!("batch {size}: sqlite {s:.0}/s, mysql {}", m.map_or("skipped".into(), |v| format!("{v:.0}/s")));
+        eprintln!(
+            "batch {size}: sqlite {s:.0}/s, mysql {}",
+            m.map_or("skipped".into(), |v| format!("{v:.0}/s"))
+        );
         rows.push((size, batches, s, m));
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("| batch size | commits | SQLite deltas/s | MariaDB deltas/s |");
     println!("|---:|---:|---:|---:|");
     for (size, batches, s, m) in rows {
-        println!("| {size} | {batches} | {s:.0} | {} |", m.map_or("unreachable".into(), |v| format!("{v:.0}")));
+        println!(
+            "| {size} | {batches} | {s:.0} | {} |",
+            m.map_or("unreachable".into(), |v| format!("{v:.0}"))
+        );
     }
 }

@@ -536,6 +536,7 @@ impl Server {
             .conns
             .get(key)
             .is_some_and(|c| c.generation == origin.conn.generation);
+        let mut first_page = None;
         match effect {
             Effect::None | Effect::Failed => {
                 if let Some(server_id) = origin.feed {
@@ -577,9 +578,8 @@ impl Server {
                 match user {
                     Some(user) => {
                         let server_id = page.server_id;
-                        let head = self
-                            .feeds
-                            .subscribed(&mut self.conns, key, user, page, &mut self.touched);
+                        let (head, page) = self.feeds.subscribed(&mut self.conns, key, user, page);
+                        first_page = page; // sent after the answer
                         let data = obj([("server_id", sid(server_id)), ("server_delta_id", head.into())]);
                         frame = protocol::encode_success(origin.action.name(), origin.id.as_ref(), &data);
                     }
@@ -634,11 +634,21 @@ impl Server {
                 conn.replies.complete(seq, frame, &mut conn.out);
                 self.mark_dirty(key);
             }
+            if let Some(page) = first_page {
+                self.feeds.deliver(&mut self.conns, key, page, &mut self.touched);
+            }
         }
         let now = Instant::now();
         for p in &published {
-            self.feeds
+            let filling = self
+                .feeds
                 .publish(&mut self.conns, p, self.cfg.max_output_bytes, now, &mut self.touched);
+            if filling {
+                // Write before the next delta piles on: only a reader that cannot take
+                // the bytes should hit its limit.
+                self.mark_touched();
+                self.flush();
+            }
         }
         self.mark_touched();
         if live {
@@ -746,9 +756,14 @@ impl Server {
             conn.dirty = false;
             let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
             self.counters.frames_out += 1;
+            let mut notified = false;
             if result.is_ok() && (!conn.subs.is_empty() || conn.lagged_since.is_some()) {
-                self.feeds
-                    .after_flush(&mut self.conns, key, self.cfg.max_output_bytes / 4, &mut self.fetches);
+                notified =
+                    self.feeds
+                        .after_flush(&mut self.conns, key, self.cfg.max_output_bytes / 4, &mut self.fetches);
+            }
+            if notified {
+                self.mark_dirty(key); // a SYNC notice to write, next turn
             }
             let Some(conn) = self.conns.get_mut(key) else { continue };
             match result {

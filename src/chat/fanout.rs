@@ -134,25 +134,19 @@ impl Feeds {
         }
     }
 
-    /// Starts a subscription from its first page; returns the `server_delta_id` to answer.
-    pub fn subscribed(
-        &mut self,
-        conns: &mut Slab<Conn>,
-        key: usize,
-        user_id: i64,
-        page: Page,
-        touched: &mut Vec<usize>,
-    ) -> i64 {
+    /// Starts a subscription. Returns the `server_delta_id` to answer and, for a
+    /// subscription with a cursor, the first page to [`Feeds::deliver`] after the answer.
+    pub fn subscribed(&mut self, conns: &mut Slab<Conn>, key: usize, user_id: i64, page: Page) -> (i64, Option<Page>) {
         let server_id = page.server_id;
         let head = page.head;
         self.end(conns, key, server_id);
         let Some(feed) = self.map.get_mut(&server_id) else {
-            return head;
+            return (head, None);
         };
         feed.pending = feed.pending.saturating_sub(1);
         let Some(conn) = conns.get_mut(key) else {
             self.drop_if_unused(server_id);
-            return head;
+            return (head, None);
         };
         let (cursor, state) = match page.after {
             None => (page.head.max(feed.last_published), SubState::Live),
@@ -166,11 +160,9 @@ impl Feeds {
             member_since: page.head,
             user_id,
         });
-        if page.after.is_some() {
-            self.deliver_page(conns, key, page, touched);
-            head
-        } else {
-            cursor
+        match page.after {
+            Some(_) => (head, Some(page)),
+            None => (cursor, None),
         }
     }
 
@@ -184,11 +176,11 @@ impl Feeds {
             return;
         }
         sub.state = SubState::CatchingUp { fetching: false };
-        self.deliver_page(conns, key, page, touched);
+        self.deliver(conns, key, page, touched);
     }
 
     /// Sends a page's deltas past the cursor, then goes live if the tail now covers the rest.
-    fn deliver_page(&mut self, conns: &mut Slab<Conn>, key: usize, page: Page, touched: &mut Vec<usize>) {
+    pub fn deliver(&mut self, conns: &mut Slab<Conn>, key: usize, page: Page, touched: &mut Vec<usize>) {
         let server_id = page.server_id;
         let Some(conn) = conns.get_mut(key) else { return };
         let Some(idx) = conn.subs.iter().position(|s| s.server_id == server_id) else {
@@ -232,6 +224,9 @@ impl Feeds {
     }
 
     /// A committed delta: into the tail, and to every live subscriber past its cursor.
+    /// Returns whether some receiver's output is now past half its limit: the loop then
+    /// flushes before publishing more, so a burst (a whole group-commit batch) does not cut
+    /// off a reader that is only one burst behind.
     pub fn publish(
         &mut self,
         conns: &mut Slab<Conn>,
@@ -239,10 +234,11 @@ impl Feeds {
         max_output: usize,
         now: Instant,
         touched: &mut Vec<usize>,
-    ) {
+    ) -> bool {
         let Some(feed) = self.map.get_mut(&p.server_id) else {
-            return;
+            return false;
         };
+        let mut filling = false;
         feed.tail.push_back(p.clone());
         if feed.tail.len() > self.tail_len {
             if let Some(old) = feed.tail.pop_front() {
@@ -266,6 +262,7 @@ impl Feeds {
             }
             sub.cursor = p.delta_id;
             conn.out.push(Chunk::Shared(p.frame.clone()));
+            filling |= conn.out.len() >= max_output / 2;
             touched.push(key);
             if ends(p, sub) {
                 ended.push(key);
@@ -274,6 +271,7 @@ impl Feeds {
         for key in ended {
             self.end(conns, key, p.server_id);
         }
+        filling
     }
 
     /// Ends a connection's subscription to a server, if any.
@@ -301,9 +299,17 @@ impl Feeds {
     }
 
     /// After a flush: lagged subscriptions of a drained connection get their SYNC notice
-    /// and end; catching-up ones with room for a page return a page to read.
-    pub fn after_flush(&mut self, conns: &mut Slab<Conn>, key: usize, low_water: usize, fetch: &mut Vec<Fetch>) {
-        let Some(conn) = conns.get_mut(key) else { return };
+    /// and end (returns true: there is new output to flush); catching-up ones with room for
+    /// a page return a page to read.
+    pub fn after_flush(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        low_water: usize,
+        fetch: &mut Vec<Fetch>,
+    ) -> bool {
+        let mut notified = false;
+        let Some(conn) = conns.get_mut(key) else { return false };
         if conn.out.is_empty() && conn.lagged_since.is_some() {
             conn.lagged_since = None;
             let lagged: Vec<(i64, i64)> = conn
@@ -319,13 +325,16 @@ impl Feeds {
                     .map_or(cursor, |f| f.last_published.max(cursor));
                 if let Some(c) = conns.get_mut(key) {
                     c.out.push(sync_notice(server_id, head));
+                    notified = true;
                 }
                 self.end(conns, key, server_id);
             }
         }
-        let Some(conn) = conns.get_mut(key) else { return };
+        let Some(conn) = conns.get_mut(key) else {
+            return notified;
+        };
         if conn.out.len() >= low_water {
-            return;
+            return notified;
         }
         for sub in conn.subs.iter_mut() {
             if sub.state == (SubState::CatchingUp { fetching: false }) {
@@ -337,6 +346,7 @@ impl Feeds {
                 });
             }
         }
+        notified
     }
 
     /// A catch-up read could not be done: tell the client to SYNC, end the subscription.
