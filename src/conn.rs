@@ -69,6 +69,14 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// Drops everything queued but keeps the allocation (for benchmarks that fan out
+    /// without sockets).
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.head = 0;
+        self.len = 0;
+    }
+
     /// Writes at most `budget` bytes with vectored writes.
     pub fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> io::Result<Flushed> {
         let mut written = 0;
