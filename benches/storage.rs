@@ -1,8 +1,8 @@
 //! Storage benchmark: committed message deltas per second for group-commit batch sizes
 //! 1, 10, 100 and 1000, on SQLite and on MySQL/MariaDB.
 //!
-//! Each batch runs exactly as the writer runs it (`workers::commit_batch`): one
-//! transaction, one savepoint per job, `POST_MESSAGE` through the chat rules, COMMIT.
+//! Each batch runs through the writer's own code (`workers::run_batch`): one transaction,
+//! `POST_MESSAGE` through the chat rules, the batch's rows in multi-row INSERTs, COMMIT.
 //!
 //!     cargo bench --bench storage                 # both backends
 //!     CHIMED_BENCH_MYSQL=mysql://root@127.0.0.1:3306 cargo bench --bench storage
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chimed::chat::ops::{run_write, Op, Settings, WriterState};
 use chimed::store::{self, Db};
+use chimed::workers::run_batch;
 
 fn settings() -> Settings {
     Settings {
@@ -64,22 +65,23 @@ fn run(url: &str, size: usize, batches: usize) -> f64 {
     let started = Instant::now();
     let mut committed = 0usize;
     for _ in 0..batches {
-        db.begin().expect("begin");
-        for _ in 0..size {
-            db.execute("SAVEPOINT job", &[]).expect("savepoint");
-            let mut deltas = Vec::new();
-            let op = Op::PostMessage {
-                user,
-                channel_id,
-                content: content.clone(),
-                attachments: Vec::new(),
-                client_msg_id: None,
-            };
-            run_write(db.as_mut(), &settings(), &mut w, op, &mut deltas).expect("post");
-            db.execute("RELEASE SAVEPOINT job", &[]).expect("release");
-            committed += deltas.len();
+        let ops = (0..size)
+            .map(|_| {
+                let op = Op::PostMessage {
+                    user,
+                    channel_id,
+                    content: content.clone(),
+                    attachments: Vec::new(),
+                    client_msg_id: None,
+                };
+                ((), op)
+            })
+            .collect();
+        let staged =
+            run_batch(db.as_mut(), &mut w, &settings(), ops).unwrap_or_else(|(_, e)| panic!("batch failed: {e}"));
+        for (_, r) in staged {
+            committed += r.expect("post").1.len();
         }
-        db.commit().expect("commit");
     }
     committed as f64 / started.elapsed().as_secs_f64()
 }

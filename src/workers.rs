@@ -20,10 +20,10 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use log::{error, warn};
 use serde_json::Value;
 
-use crate::chat::delta::Published;
+use crate::chat::delta::{Delta, Published};
 use crate::chat::ops::{self, Effect, Op, Settings, Step, WriterState};
 use crate::protocol::{encode_error, encode_success, Action, ApiError};
-use crate::store::{self, Db};
+use crate::store::{self, Db, StoreError};
 use crate::token::ConnId;
 
 /// Where a job's answer goes.
@@ -279,78 +279,107 @@ fn writer(mut db: Box<dyn Db>, rx: Receiver<Job>, sh: Arc<Shared>, max_batch: us
     }
 }
 
-/// Runs a batch in one transaction, each job in a savepoint so one job's refusal does not
-/// undo the others; answers (and publishes) only after COMMIT returned.
+/// Runs a batch in one transaction and answers every job only after COMMIT returned;
+/// committed deltas are published with the answers, in commit order.
 fn commit_batch(db: &mut dyn Db, state: &mut WriterState, sh: &Shared, batch: &mut Vec<Job>) {
-    type Answer = (
-        Origin,
-        Result<(serde_json::Map<String, Value>, Effect), ApiError>,
-        Vec<Published>,
-    );
-    let mut results: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut live = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         match expired(job.deadline) {
-            Some(e) => results.push((job.origin, Err(e), Vec::new())),
+            Some(e) => sh.answer(job.origin, Err(e), Vec::new()),
             None => live.push(job),
         }
     }
-    if !live.is_empty() {
-        if let Err(e) = db.begin() {
-            let e = store_error(e);
-            state.reset();
-            for job in live {
-                results.push((job.origin, Err(e.clone()), Vec::new()));
-            }
-        } else {
-            let mut staged = Vec::with_capacity(live.len());
-            for job in live {
-                let r = match db.execute("SAVEPOINT job", &[]) {
-                    Err(e) => Err(ops::OpError::Store(e)),
-                    Ok(_) => {
-                        let mut deltas = Vec::new();
-                        let r = ops::run_write(db, &sh.settings, state, job.op, &mut deltas);
-                        let end = if r.is_ok() {
-                            "RELEASE SAVEPOINT job"
-                        } else {
-                            "ROLLBACK TO SAVEPOINT job"
-                        };
-                        let r2 = db.execute(end, &[]).map_err(ops::OpError::Store);
-                        if r.is_err() {
-                            // ROLLBACK TO keeps the savepoint open; its ids stay spent (a gap).
-                            let _ = db.execute("RELEASE SAVEPOINT job", &[]);
-                        }
-                        r.and_then(|v| r2.map(|_| (v, deltas)))
+    if live.is_empty() {
+        return;
+    }
+    let items = live.into_iter().map(|j| (j.origin, j.op)).collect();
+    match run_batch(db, state, &sh.settings, items) {
+        Ok(staged) => {
+            sh.stats.batches.fetch_add(1, Ordering::Relaxed);
+            for (origin, r) in staged {
+                match r {
+                    Ok((reply, deltas)) => {
+                        sh.stats.committed_jobs.fetch_add(1, Ordering::Relaxed);
+                        let published = deltas.iter().map(Published::new).collect();
+                        sh.answer(origin, Ok(reply), published);
                     }
-                };
-                staged.push((job.origin, r));
-            }
-            match db.commit() {
-                Ok(()) => {
-                    sh.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    for (origin, r) in staged {
-                        match r {
-                            Ok(((data, effect), deltas)) => {
-                                sh.stats.committed_jobs.fetch_add(1, Ordering::Relaxed);
-                                let published = deltas.iter().map(Published::new).collect();
-                                results.push((origin, Ok((data, effect)), published));
-                            }
-                            Err(e) => results.push((origin, Err(e.into_api(store_error)), Vec::new())),
-                        }
-                    }
-                }
-                Err(e) => {
-                    db.rollback();
-                    state.reset();
-                    let e = store_error(e);
-                    for (origin, _) in staged {
-                        results.push((origin, Err(e.clone()), Vec::new()));
-                    }
+                    Err(e) => sh.answer(origin, Err(e.into_api(store_error)), Vec::new()),
                 }
             }
         }
+        Err((origins, e)) => {
+            let e = store_error(e);
+            for origin in origins {
+                sh.answer(origin, Err(e.clone()), Vec::new());
+            }
+        }
     }
-    for (origin, r, published) in results {
-        sh.answer(origin, r, published);
+}
+
+/// One job's outcome inside a batch: its answer and the deltas it appended.
+pub type Staged<T> = (T, Result<(ops::Reply, Vec<Delta>), ops::OpError>);
+
+/// The transaction of one batch (`T` tags each op: the writer passes the job's origin).
+/// Posts (the hot path) write nothing while they run: their rows wait in the writer state
+/// and go out as multi-row INSERTs before any other op and before COMMIT. Every other op
+/// runs in a savepoint, so its refusal undoes only itself. `Err` means the transaction as
+/// a whole failed and nothing was written.
+pub fn run_batch<T>(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    settings: &ops::Settings,
+    items: Vec<(T, Op)>,
+) -> Result<Vec<Staged<T>>, (Vec<T>, StoreError)> {
+    fn fail<T>(
+        db: &mut dyn Db,
+        state: &mut WriterState,
+        done: Vec<Staged<T>>,
+        rest: Vec<(T, Op)>,
+        e: StoreError,
+    ) -> Result<Vec<Staged<T>>, (Vec<T>, StoreError)> {
+        db.rollback();
+        state.reset();
+        let tags = done
+            .into_iter()
+            .map(|(t, _)| t)
+            .chain(rest.into_iter().map(|(t, _)| t))
+            .collect();
+        Err((tags, e))
     }
+    let mut staged: Vec<Staged<T>> = Vec::with_capacity(items.len());
+    if let Err(e) = db.begin() {
+        return fail(db, state, staged, items, e);
+    }
+    let mut items = items.into_iter();
+    while let Some((tag, op)) = items.next() {
+        let mut deltas = Vec::new();
+        let r = if op.is_deferred() {
+            ops::run_write(db, settings, state, op, &mut deltas)
+        } else {
+            if let Err(e) = state.flush_rows(db) {
+                staged.push((tag, Err(ops::OpError::Store(e.clone()))));
+                return fail(db, state, staged, items.collect(), e);
+            }
+            in_savepoint(db, |db| ops::run_write(db, settings, state, op, &mut deltas))
+        };
+        staged.push((tag, r.map(|reply| (reply, deltas))));
+    }
+    if let Err(e) = state.flush_rows(db) {
+        return fail(db, state, staged, Vec::new(), e);
+    }
+    if let Err(e) = db.commit() {
+        return fail(db, state, staged, Vec::new(), e);
+    }
+    Ok(staged)
+}
+
+fn in_savepoint<T>(db: &mut dyn Db, f: impl FnOnce(&mut dyn Db) -> ops::OpResult<T>) -> ops::OpResult<T> {
+    db.execute("SAVEPOINT job", &[])?;
+    let r = f(db);
+    if r.is_err() {
+        // ROLLBACK TO keeps the savepoint open; the ids it used stay spent (a gap).
+        db.execute("ROLLBACK TO SAVEPOINT job", &[])?;
+    }
+    db.execute("RELEASE SAVEPOINT job", &[])?;
+    r
 }

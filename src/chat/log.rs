@@ -8,9 +8,9 @@
 use serde_json::{Map, Value};
 
 use super::delta::{Delta, Published, DELTA_COLUMNS};
-use super::ops::{obj, OpResult, Settings, WriterState};
+use super::ops::{insert_many, obj, OpResult, Settings, WriterState, DELTA_INSERT_COLUMNS};
 use super::roles;
-use crate::store::{Db, RowExt};
+use crate::store::{Db, RowExt, Val};
 use crate::time::now_ms;
 
 /// A delta about to be appended (the writer fills in id and time).
@@ -38,8 +38,9 @@ impl<'a> NewDelta<'a> {
     }
 }
 
-/// Appends a delta; it is published after the batch commits.
-pub fn append(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<Delta>, d: NewDelta) -> OpResult<i64> {
+/// Assigns the delta its id and time, records its partition if it opens one, and
+/// returns it with its row for the `deltas` table.
+fn prepare(db: &mut dyn Db, s: &Settings, w: &mut WriterState, d: NewDelta) -> OpResult<(Delta, Vec<Val>)> {
     let delta_id = w.next_delta_id(db, d.server_id)?;
     let partition = (delta_id - 1) / s.partition_size + 1;
     let now = now_ms();
@@ -53,23 +54,19 @@ pub fn append(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<
             &[d.server_id.into(), partition.into(), delta_id.into(), now.into()],
         )?;
     }
-    db.execute(
-        "INSERT INTO deltas (server_id, delta_id, partition_no, type, channel_id, message_id, user_id, content, attachments, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        &[
-            d.server_id.into(),
-            delta_id.into(),
-            partition.into(),
-            d.kind.into(),
-            d.channel_id.into(),
-            d.message_id.into(),
-            d.user_id.into(),
-            d.content.clone().into(),
-            d.attachments.clone().into(),
-            now.into(),
-        ],
-    )?;
-    out.push(Delta {
+    let row = vec![
+        d.server_id.into(),
+        delta_id.into(),
+        partition.into(),
+        d.kind.into(),
+        d.channel_id.into(),
+        d.message_id.into(),
+        d.user_id.into(),
+        d.content.clone().into(),
+        d.attachments.clone().into(),
+        now.into(),
+    ];
+    let delta = Delta {
         server_id: d.server_id,
         delta_id,
         kind: d.kind.to_string(),
@@ -79,8 +76,27 @@ pub fn append(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<
         content: d.content,
         attachments: d.attachments,
         created_at: now,
-    });
-    Ok(delta_id)
+    };
+    Ok((delta, row))
+}
+
+/// Appends a delta now; it is published after the batch commits.
+pub fn append(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<Delta>, d: NewDelta) -> OpResult<i64> {
+    let (delta, row) = prepare(db, s, w, d)?;
+    insert_many(db, "deltas", DELTA_INSERT_COLUMNS, &[row])?;
+    let id = delta.delta_id;
+    out.push(delta);
+    Ok(id)
+}
+
+/// Appends a delta whose row goes out with the batch's multi-row INSERT (posts). Call it
+/// last, once nothing else can fail.
+pub fn stage(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<Delta>, d: NewDelta) -> OpResult<i64> {
+    let (delta, row) = prepare(db, s, w, d)?;
+    w.pending_deltas.push(row);
+    let id = delta.delta_id;
+    out.push(delta);
+    Ok(id)
 }
 
 /// The newest committed delta id of a server (0 for an empty log).

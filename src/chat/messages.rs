@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::log::NewDelta;
+use super::log::{self, NewDelta};
 use super::ops::{obj, sid, OpResult};
 use super::roles::{self, Role};
 use super::servers::Tx;
@@ -54,6 +54,9 @@ fn attachment_meta(db: &mut dyn Db, server_id: i64, files: &[i64]) -> OpResult<O
 
 pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
     if let Some(key) = &p.client_msg_id {
+        if let Some((d, m, s)) = tx.w.pending_keys.get(&(p.user, key.clone())) {
+            return Ok(post_reply(*d, *m, *s));
+        }
         let row = tx.db.query_row(
             "SELECT delta_id, message_id, server_id FROM messages WHERE user_id = ? AND client_msg_id = ?",
             &[p.user.into(), key.as_str().into()],
@@ -62,40 +65,42 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
             return Ok(post_reply(r.int(0)?, r.int(1)?, r.int(2)?));
         }
     }
-    let (m, kind) = roles::channel_member(tx.db, p.channel_id, p.user)?;
+    let (server_id, kind) = tx.w.channel(tx.db, p.channel_id)?;
+    tx.w.member(tx.db, server_id, p.user)?;
     if kind != "text" {
         return Err(ApiError::bad_request("messages go to text channels").into());
     }
-    let attachments = attachment_meta(tx.db, m.server_id, &p.attachments)?;
+    let attachments = attachment_meta(tx.db, server_id, &p.attachments)?;
     let message_id = tx.id()?;
-    let mut d = NewDelta::new(m.server_id, "message", p.user);
-    d.channel_id = Some(p.channel_id);
-    d.message_id = Some(message_id);
-    d.content = Some(p.content.clone());
-    d.attachments = attachments.clone();
-    let delta_id = tx.append(d)?;
-    tx.db.execute(
-        "INSERT INTO messages (message_id, server_id, channel_id, user_id, content, attachments, client_msg_id, delta_id, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        &[
-            message_id.into(),
-            m.server_id.into(),
-            p.channel_id.into(),
-            p.user.into(),
-            p.content.into(),
-            attachments.into(),
-            p.client_msg_id.into(),
-            delta_id.into(),
-            crate::time::now_ms().into(),
-        ],
-    )?;
     for (i, f) in p.attachments.iter().enumerate() {
         tx.db.execute(
             "INSERT INTO attachments (message_id, file_id, position) VALUES (?, ?, ?)",
             &[message_id.into(), (*f).into(), (i as i64).into()],
         )?;
     }
-    Ok(post_reply(delta_id, message_id, m.server_id))
+    // Nothing below can be refused: the rows wait for the batch's multi-row INSERT.
+    let mut d = NewDelta::new(server_id, "message", p.user);
+    d.channel_id = Some(p.channel_id);
+    d.message_id = Some(message_id);
+    d.content = Some(p.content.clone());
+    d.attachments = attachments.clone();
+    let delta_id = log::stage(tx.db, tx.s, tx.w, tx.deltas, d)?;
+    if let Some(key) = &p.client_msg_id {
+        tx.w.pending_keys
+            .insert((p.user, key.clone()), (delta_id, message_id, server_id));
+    }
+    tx.w.pending_messages.push(vec![
+        message_id.into(),
+        server_id.into(),
+        p.channel_id.into(),
+        p.user.into(),
+        p.content.into(),
+        attachments.into(),
+        p.client_msg_id.into(),
+        delta_id.into(),
+        crate::time::now_ms().into(),
+    ]);
+    Ok(post_reply(delta_id, message_id, server_id))
 }
 
 /// A live message: `(server_id, channel_id, author)`.

@@ -17,7 +17,7 @@ use super::log::{self, Page};
 use super::roles::{self, Role};
 use super::{messages, servers};
 use crate::protocol::ApiError;
-use crate::store::{Db, RowExt, StoreError};
+use crate::store::{Db, RowExt, StoreError, Val};
 
 /// Worker-side settings (a copy of the relevant config).
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +190,28 @@ pub enum Op {
 }
 
 impl Op {
+    /// Runs without a savepoint and writes its rows at the end of the batch (posts).
+    /// (A post with attachments writes attachment rows as it runs: it gets a savepoint.)
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, Op::PostMessage { attachments, .. } if attachments.is_empty())
+    }
+
+    /// Changes who belongs where: the writer's membership caches are dropped after it.
+    fn changes_membership(&self) -> bool {
+        matches!(
+            self,
+            Op::JoinServer { .. }
+                | Op::LeaveServer { .. }
+                | Op::SetRole { .. }
+                | Op::Kick { .. }
+                | Op::DeleteServer { .. }
+                | Op::CreateChannel { .. }
+                | Op::DeleteChannel { .. }
+                | Op::OpenDm { .. }
+                | Op::CreateServer { .. }
+        )
+    }
+
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -288,14 +310,23 @@ impl OpError {
 
 pub type OpResult<T> = Result<T, OpError>;
 
-/// State the writer keeps between batches: the id generator and, per server, the last
-/// delta id handed out and the partition last recorded. All of it is a cache of what the
-/// database holds and is dropped (and re-read) whenever a transaction fails.
+/// State the writer keeps between batches: the id generator, per server the last delta
+/// id handed out and the partition last recorded, caches of live channels and
+/// memberships (the writer is the only writer, so it keeps them true by dropping them
+/// whenever an op changes membership), and the rows of posts waiting for the batch's
+/// multi-row INSERT. All of it is dropped whenever a transaction fails.
 #[derive(Debug, Default)]
 pub struct WriterState {
     last_id: Option<i64>,
     last_assigned: HashMap<i64, i64>,
     partitions: HashMap<i64, i64>,
+    channels: HashMap<i64, (i64, String)>,
+    members: HashMap<(i64, i64), roles::Membership>,
+    /// Post rows not yet inserted: deltas and messages.
+    pub(crate) pending_deltas: Vec<Vec<Val>>,
+    pub(crate) pending_messages: Vec<Vec<Val>>,
+    /// `(user, client_msg_id)` of pending posts, with their reply ids.
+    pub(crate) pending_keys: HashMap<(i64, String), (i64, i64, i64)>,
 }
 
 impl WriterState {
@@ -304,6 +335,10 @@ impl WriterState {
         self.last_id = None;
         self.last_assigned.clear();
         self.partitions.clear();
+        self.forget_membership();
+        self.pending_deltas.clear();
+        self.pending_messages.clear();
+        self.pending_keys.clear();
     }
 
     /// A new row id: time-ordered and above every id already stored, so ids never repeat
@@ -340,6 +375,45 @@ impl WriterState {
         };
         self.last_assigned.insert(server_id, last + 1);
         Ok(last + 1)
+    }
+
+    pub fn forget_membership(&mut self) {
+        self.channels.clear();
+        self.members.clear();
+    }
+
+    /// A live channel `(server_id, type)`, from the cache or storage.
+    pub fn channel(&mut self, db: &mut dyn Db, channel_id: i64) -> OpResult<(i64, String)> {
+        if let Some(c) = self.channels.get(&channel_id) {
+            return Ok(c.clone());
+        }
+        let c = roles::channel(db, channel_id)?;
+        self.channels.insert(channel_id, c.clone());
+        Ok(c)
+    }
+
+    /// The caller's membership of a live server, from the cache or storage.
+    pub fn member(&mut self, db: &mut dyn Db, server_id: i64, user_id: i64) -> OpResult<roles::Membership> {
+        if let Some(m) = self.members.get(&(server_id, user_id)) {
+            return Ok(m.clone());
+        }
+        let m = roles::member(db, server_id, user_id)?;
+        self.members.insert((server_id, user_id), m.clone());
+        Ok(m)
+    }
+
+    /// Inserts the pending post rows, a few hundred per statement.
+    pub fn flush_rows(&mut self, db: &mut dyn Db) -> Result<(), StoreError> {
+        if !self.pending_deltas.is_empty() {
+            let rows = std::mem::take(&mut self.pending_deltas);
+            insert_many(db, "deltas", DELTA_INSERT_COLUMNS, &rows)?;
+        }
+        if !self.pending_messages.is_empty() {
+            let rows = std::mem::take(&mut self.pending_messages);
+            insert_many(db, "messages", MESSAGE_INSERT_COLUMNS, &rows)?;
+        }
+        self.pending_keys.clear();
+        Ok(())
     }
 
     /// Whether `partition` of `server_id` still has to be recorded; remembers it.
@@ -447,6 +521,51 @@ pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
 
 pub type Reply = (Map<String, Value>, Effect);
 
+pub const DELTA_INSERT_COLUMNS: &[&str] = &[
+    "server_id",
+    "delta_id",
+    "partition_no",
+    "type",
+    "channel_id",
+    "message_id",
+    "user_id",
+    "content",
+    "attachments",
+    "created_at",
+];
+
+pub const MESSAGE_INSERT_COLUMNS: &[&str] = &[
+    "message_id",
+    "server_id",
+    "channel_id",
+    "user_id",
+    "content",
+    "attachments",
+    "client_msg_id",
+    "delta_id",
+    "created_at",
+];
+
+/// Multi-row INSERTs in chunks of 256, 64, 16, 4 and 1 rows: few round trips, and only
+/// five statement shapes per table for the prepared-statement caches.
+pub fn insert_many(db: &mut dyn Db, table: &str, columns: &[&str], rows: &[Vec<Val>]) -> Result<(), StoreError> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = [256, 64, 16, 4, 1].into_iter().find(|n| *n <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        let one = format!("({})", vec!["?"; columns.len()].join(", "));
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {}",
+            columns.join(", "),
+            vec![one; n].join(", ")
+        );
+        let params: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+        db.execute(&sql, &params)?;
+        rest = tail;
+    }
+    Ok(())
+}
+
 pub fn run_write(
     db: &mut dyn Db,
     s: &Settings,
@@ -454,6 +573,9 @@ pub fn run_write(
     op: Op,
     deltas: &mut Vec<Delta>,
 ) -> OpResult<Reply> {
+    if op.changes_membership() {
+        w.forget_membership();
+    }
     let mut tx = servers::Tx { db, s, w, deltas };
     let data = match op {
         Op::CreateUser {
