@@ -22,6 +22,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::chat::delta::Ends;
 use crate::chat::fanout::{Feeds, Fetch};
 use crate::chat::handlers::{self, Outcome};
 use crate::chat::ops::{obj, sid, Effect, Op, Settings};
@@ -548,11 +549,22 @@ impl Server {
                     }
                 }
             }
-            Effect::Session(s) => {
-                if let Some(c) = self.conns.get_mut(key).filter(|_| live) {
+            Effect::Session(s) if live => {
+                // A different user on this connection: what the old one had access to ends.
+                let switched = self
+                    .conns
+                    .get(key)
+                    .and_then(|c| c.session.as_ref())
+                    .is_some_and(|old| old.user_id != s.user_id);
+                if switched {
+                    self.feeds.end_all(&mut self.conns, key);
+                    self.leave_voice(key);
+                }
+                if let Some(c) = self.conns.get_mut(key) {
                     c.session = Some(s);
                 }
             }
+            Effect::Session(_) => {}
             Effect::Logout { token_hash } => {
                 let keys: Vec<usize> = self
                     .conns
@@ -648,6 +660,16 @@ impl Server {
                 // the bytes should hit its limit.
                 self.mark_touched();
                 self.flush();
+            }
+            // A member who left (or a deleted server) also leaves its voice rooms; the
+            // VOICE_STATE follows the delta that caused it.
+            let gone = match p.ends {
+                Ends::Nobody => Vec::new(),
+                Ends::User(u) => self.rooms.connections_in(p.server_id, Some(u)),
+                Ends::Everyone => self.rooms.connections_in(p.server_id, None),
+            };
+            for k in gone {
+                self.leave_voice(k);
             }
         }
         self.mark_touched();

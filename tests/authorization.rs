@@ -380,3 +380,78 @@ fn direct_messages_are_private() {
         "bad_request"
     );
 }
+
+#[test]
+fn switching_user_on_a_connection_ends_the_old_users_subscriptions() {
+    let server = TestServer::start();
+    let addr = server.addr();
+    let mut conn = Client::connect(addr);
+    let (_, ann_token) = conn.register(&common::unique("ann"));
+    let (_, eve_token) = Client::connect(addr).register(&common::unique("eve"));
+    let created = conn.request("CREATE_SERVER", json!({"name": "private"}));
+    let server_id = created["data"]["server_id"].as_str().unwrap().to_string();
+    let channel_id = created["data"]["channel_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(&conn.request("SUBSCRIBE", json!({"server_id": server_id}))),
+        "ok"
+    );
+
+    // The same connection becomes eve, who is not a member of ann's server.
+    assert_eq!(status(&conn.request("AUTH", json!({"token": eve_token}))), "ok");
+    let mut ann = Client::connect(addr);
+    assert_eq!(status(&ann.request("AUTH", json!({"token": ann_token}))), "ok");
+    let r = ann.request(
+        "POST_MESSAGE",
+        json!({"channel_id": channel_id, "content": "for members only"}),
+    );
+    assert_eq!(status(&r), "ok");
+    // Fence: once eve's PING is answered, a leaked delta would already have been queued.
+    assert_eq!(status(&conn.request("PING", json!({}))), "ok");
+    assert!(
+        conn.poll(Duration::from_millis(300)).is_none(),
+        "eve must not receive ann's server"
+    );
+
+    // The same user authenticating again keeps its subscriptions.
+    let mut again = Client::connect(addr);
+    assert_eq!(status(&again.request("AUTH", json!({"token": ann_token}))), "ok");
+    assert_eq!(
+        status(&again.request("SUBSCRIBE", json!({"server_id": server_id}))),
+        "ok"
+    );
+    assert_eq!(status(&again.request("AUTH", json!({"token": ann_token}))), "ok");
+    ann.request(
+        "POST_MESSAGE",
+        json!({"channel_id": channel_id, "content": "still here"}),
+    );
+    let push = again
+        .poll(Duration::from_secs(5))
+        .expect("re-AUTH as the same user keeps the subscription");
+    assert_eq!(push["data"]["delta"]["content"], "still here");
+}
+
+#[test]
+fn messages_of_a_deleted_channel_are_frozen() {
+    let server = TestServer::start();
+    let mut ann = Client::connect(server.addr());
+    ann.register(&common::unique("ann"));
+    let created = ann.request("CREATE_SERVER", json!({"name": "s"}));
+    let server_id = created["data"]["server_id"].as_str().unwrap().to_string();
+    let ch = ann.request(
+        "CREATE_CHANNEL",
+        json!({"server_id": server_id, "name": "tmp", "type": "text"}),
+    );
+    let channel_id = ch["data"]["channel_id"].as_str().unwrap().to_string();
+    let posted = ann.request("POST_MESSAGE", json!({"channel_id": channel_id, "content": "hi"}));
+    let message_id = posted["data"]["message_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(&ann.request("DELETE_CHANNEL", json!({"channel_id": channel_id}))),
+        "ok"
+    );
+    let r = ann.request("EDIT_MESSAGE", json!({"message_id": message_id, "content": "changed"}));
+    assert_eq!(status(&r), "not_found");
+    assert_eq!(
+        status(&ann.request("DELETE_MESSAGE", json!({"message_id": message_id}))),
+        "not_found"
+    );
+}

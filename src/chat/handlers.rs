@@ -394,7 +394,10 @@ fn run(action: Action, data: Map<String, Value>, session: Option<&Session>, cfg:
                 limit: Option<usize>,
             }
             let a: A = args(data)?;
-            let after = a.client_delta_id.unwrap_or(0).max(0);
+            if a.client_delta_id.is_some_and(|c| c < 0) {
+                return Err(ApiError::bad_request("client_delta_id must not be negative"));
+            }
+            let after = a.client_delta_id.unwrap_or(0);
             Op::Sync {
                 user,
                 server_id: id(&a.server_id, "server")?,

@@ -103,10 +103,11 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
     Ok(post_reply(delta_id, message_id, server_id))
 }
 
-/// A live message: `(server_id, channel_id, author)`.
+/// A live message in a live channel: `(server_id, channel_id, author)`.
 fn message(db: &mut dyn Db, message_id: i64) -> OpResult<(i64, i64, i64)> {
     let row = db.query_row(
-        "SELECT server_id, channel_id, user_id FROM messages WHERE message_id = ? AND deleted = 0",
+        "SELECT m.server_id, m.channel_id, m.user_id FROM messages m JOIN channels c ON c.channel_id = m.channel_id \
+         WHERE m.message_id = ? AND m.deleted = 0 AND c.deleted = 0",
         &[message_id.into()],
     )?;
     match row {

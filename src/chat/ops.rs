@@ -472,7 +472,10 @@ pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
             limit,
         } => done(log::restore(db, user, channel_id, before, limit)?),
         Op::Typing { user, channel_id } => {
-            let (m, _) = roles::channel_member(db, channel_id, user)?;
+            let (m, kind) = roles::channel_member(db, channel_id, user)?;
+            if kind != "text" {
+                return Err(ApiError::bad_request("not a text channel").into());
+            }
             Ok(Step::Done(
                 Map::new(),
                 Effect::Typing {

@@ -176,7 +176,10 @@ pub fn join(tx: &mut Tx, user: i64, server_id: Option<i64>, invite: Option<&str>
             if is_member(tx.db, server_id, user)? {
                 return joined_reply(tx.db, server_id);
             }
-            if r.int(0)? != 1 || r.text(1)? != "community" {
+            if r.text(1)? != "community" {
+                return Err(ApiError::forbidden("nobody can join a direct message").into());
+            }
+            if r.int(0)? != 1 {
                 return Err(ApiError::forbidden("this server is not public; an invite is needed").into());
             }
             server_id

@@ -45,6 +45,17 @@ impl Rooms {
         self.changed(channel_id)
     }
 
+    /// Connections in the server's voice rooms: all of them, or one user's.
+    pub fn connections_in(&self, server_id: i64, user_id: Option<i64>) -> Vec<usize> {
+        self.rooms
+            .values()
+            .filter(|(s, _)| *s == server_id)
+            .flat_map(|(_, people)| people.iter())
+            .filter(|(u, _)| user_id.is_none_or(|want| *u == want))
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
     pub fn leave(&mut self, channel_id: i64, key: usize) -> Option<Changed> {
         let (_, people) = self.rooms.get_mut(&channel_id)?;
         people.retain(|(_, k)| *k != key);
@@ -65,7 +76,11 @@ mod tests {
         r.join(1, 10, 8, 1);
         let c = r.leave(10, 0).unwrap();
         assert!(String::from_utf8(c.frame).unwrap().contains(r#""user_ids":["8"]"#));
+        r.join(1, 11, 9, 2);
+        assert_eq!(r.connections_in(1, Some(9)), vec![2]);
+        assert_eq!(r.connections_in(1, None).len(), 2);
         r.leave(10, 1);
+        r.leave(11, 2);
         assert!(r.rooms.is_empty());
     }
 }
