@@ -85,6 +85,10 @@ pub struct Config {
     pub catchup_page: usize,
     /// 512: writes committed in one transaction at most (group commit).
     pub max_batch: usize,
+    /// 2000 deltas/s per user for RESTORE_HISTORY and backups (SPEC §5); shrinks under load.
+    pub history_rate: f64,
+    /// 10,000 deltas: the most one user may read back at once before the rate applies.
+    pub history_burst: f64,
     /// TURN REST API shared secret (as in coturn's `static-auth-secret`); unset: no TURN.
     pub turn_secret: Option<String>,
     /// TURN server URIs handed to clients, e.g. `turn:turn.example.org:3478`.
@@ -116,6 +120,8 @@ impl Default for Config {
             delta_tail: 4096,
             catchup_page: 500,
             max_batch: 512,
+            history_rate: 2000.0,
+            history_burst: 10_000.0,
             turn_secret: None,
             turn_uris: Vec::new(),
             turn_ttl_s: 24 * 3600,

@@ -22,6 +22,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::chat::budget::Budget;
 use crate::chat::delta::Ends;
 use crate::chat::fanout::{Feeds, Fetch};
 use crate::chat::handlers::{self, Outcome};
@@ -81,6 +82,8 @@ pub struct Server {
     stopping: Option<Instant>,
     feeds: Feeds,
     rooms: Rooms,
+    /// Per-user budget for reading history back (RESTORE_HISTORY).
+    history: Budget,
     /// Connections that got output from fan-out this turn (marked dirty in one pass).
     touched: Vec<usize>,
     fetches: Vec<Fetch>,
@@ -150,6 +153,7 @@ impl Server {
         )
         .map_err(StartError::Storage)?;
         let delta_tail = cfg.delta_tail;
+        let history = Budget::new(cfg.history_rate, cfg.history_burst);
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -169,6 +173,7 @@ impl Server {
             stopping: None,
             feeds: Feeds::new(delta_tail),
             rooms: Rooms::default(),
+            history,
             touched: Vec::new(),
             fetches: Vec::new(),
             counters: Counters::default(),
@@ -429,6 +434,14 @@ impl Server {
                     Op::Subscribe { server_id, .. } => Some(*server_id),
                     _ => None,
                 };
+                if let (Op::Restore { user, limit, .. }, true) = (&op, self.cfg.rate_limits) {
+                    let load = self.pool.in_flight() as f64 / self.cfg.job_queue as f64;
+                    if let Err(ms) = self.history.charge(*user, *limit as f64, Instant::now(), load) {
+                        let err = ApiError::rate_limited(ms);
+                        return self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err));
+                    }
+                }
+                let Some(conn) = self.conns.get(key) else { return };
                 let generation = conn.generation;
                 let Some(conn) = self.conns.get_mut(key) else { return };
                 let seq = conn.replies.reserve();
@@ -862,6 +875,7 @@ impl Server {
             return;
         }
         self.next_sweep = now + SWEEP_EVERY;
+        self.history.sweep(now);
         // Lingering closes whose peer never sent EOF, and slow consumers that never drained.
         let slow = Duration::from_millis(self.cfg.slow_consumer_timeout_ms);
         let expired: Vec<usize> = self

@@ -5,6 +5,7 @@
 //! (subscriptions, the in-memory tail of each server's log).
 
 pub mod accounts;
+pub mod budget;
 pub mod delta;
 pub mod fanout;
 pub mod handlers;
