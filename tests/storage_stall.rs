@@ -1,5 +1,8 @@
 //! SPEC §5 guarantee 4: with storage stalled or down the loop still answers at once,
 //! and writes answer `unavailable` within a bounded time.
+//!
+//! The stalls here come from the `test_storage_delay_ms` hook and run on either backend,
+//! except the locked-file test, which is about SQLite and always runs on it.
 
 mod common;
 
@@ -46,7 +49,9 @@ fn stalled_storage_register_answers_unavailable_while_ping_answers_at_once() {
 
 #[test]
 fn locked_sqlite_register_answers_unavailable_while_ping_answers_then_succeeds_after_unlock() {
-    let srv = TestServer::start_with(&[], Some("storage_timeout_ms = 1000\n"));
+    // SQLite whatever CHIMED_TEST_BACKEND says: this test locks the server's SQLite file.
+    // The MySQL counterpart (a real database stopped and restarted) is tests/mysql_outage.rs.
+    let srv = TestServer::start_sqlite_with(&[], Some("storage_timeout_ms = 1000\n"));
     let mut a = srv.client();
     let mut b = srv.client();
     common::ping(&mut a);

@@ -29,13 +29,100 @@ const LOG_LINES: usize = 200;
 /// The password every test user gets.
 pub const PASSWORD: &str = "password123";
 
-/// The storage URL for a test server whose files live in `dir`. The one place that
-/// chooses the backend.
-pub fn db_url(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("chimed.db").display())
+/// Which storage backend a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
 }
 
-/// The SQLite file behind [`db_url`] (for tests that poke at the database directly).
+/// The backend chosen for this run: env `CHIMED_TEST_BACKEND` = `sqlite` (the default) or
+/// `mysql`. Anything else fails the test rather than silently testing something else.
+pub fn backend() -> Backend {
+    match std::env::var("CHIMED_TEST_BACKEND") {
+        Err(_) => Backend::Sqlite,
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "sqlite" => Backend::Sqlite,
+            "mysql" | "mariadb" => Backend::Mysql,
+            other => panic!("CHIMED_TEST_BACKEND={other:?}: expected `sqlite` or `mysql`"),
+        },
+    }
+}
+
+/// The MySQL/MariaDB server the `mysql` backend uses: env `CHIMED_TEST_MYSQL` (default
+/// `mysql://root@127.0.0.1:3306`), an account that may create and drop databases. No
+/// database in the URL: the harness adds its own per test.
+pub fn mysql_server_url() -> String {
+    std::env::var("CHIMED_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// How long the harness waits for MySQL when creating or dropping a test database.
+const MYSQL_ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `server` (`mysql://USER:PASS@HOST:PORT[?opts]`) with `/db` inserted before the options.
+fn mysql_url_with_db(server: &str, db: &str) -> String {
+    match server.split_once('?') {
+        Some((base, opts)) => format!("{}/{db}?{opts}", base.trim_end_matches('/')),
+        None => format!("{server}/{db}"),
+    }
+}
+
+/// Runs one statement on the MySQL server at `server_url` (no database selected).
+fn mysql_admin(server_url: &str, sql: &str) -> Result<(), chimed::store::StoreError> {
+    let mut db = chimed::store::open(server_url, MYSQL_ADMIN_TIMEOUT)?;
+    db.execute(sql, &[]).map(|_| ())
+}
+
+/// The storage URL for a test server whose files live in `dir`, on the backend chosen by
+/// [`backend`]. The one place that chooses the backend.
+///
+/// For `mysql` this creates a uniquely named database on [`mysql_server_url`] (and panics
+/// with a clear message when the server cannot be reached: the MySQL half of the suite
+/// fails, it never skips); [`TestServer`] drops the database when it goes.
+pub fn db_url(dir: &Path) -> String {
+    db_url_for(backend(), dir)
+}
+
+/// [`db_url`] on a given backend (for the few tests that must run on one backend).
+pub fn db_url_for(backend: Backend, dir: &Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", sqlite_path(dir).display()),
+        Backend::Mysql => {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!("chimed_it_{}_{n}_{}", std::process::id(), nanos());
+            let server = mysql_server_url();
+            if let Err(e) = mysql_admin(
+                &server,
+                &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            ) {
+                panic!(
+                    "CHIMED_TEST_BACKEND=mysql: cannot create a test database on {server} ({e}). Start \
+                     MariaDB/MySQL there (`bash .ci/run` does), or set CHIMED_TEST_MYSQL=mysql://USER:PASS@HOST:PORT \
+                     to an account that may create and drop databases; unset CHIMED_TEST_BACKEND to test on SQLite"
+                );
+            }
+            mysql_url_with_db(&server, &name)
+        }
+    }
+}
+
+/// Drops the database behind a `mysql://.../DB` URL made by [`db_url`] (best effort: a
+/// failure is reported, not raised, since this runs in `Drop`).
+fn drop_mysql_db(url: &str) {
+    let server = mysql_server_url();
+    let Some(name) = url.split('?').next().and_then(|u| u.rsplit('/').next()) else {
+        return;
+    };
+    if let Err(e) = mysql_admin(&server, &format!("DROP DATABASE IF EXISTS `{name}`")) {
+        eprintln!("test harness: cannot drop MySQL database {name} on {server}: {e}");
+    }
+}
+
+/// The SQLite file behind [`db_url`] on the SQLite backend (for tests that poke at the
+/// database directly; those start their server with [`TestServer::start_sqlite_with`]).
 pub fn sqlite_path(dir: &Path) -> PathBuf {
     dir.join("chimed.db")
 }
@@ -81,6 +168,8 @@ pub struct TestServer {
     /// Every argument except `--listen`.
     args: Vec<String>,
     log: LogBuf,
+    /// A MySQL database the harness created for this server (dropped with it).
+    owned_mysql_db: Option<String>,
 }
 
 impl TestServer {
@@ -89,12 +178,42 @@ impl TestServer {
         TestServer::start_with(&[], None)
     }
 
-    /// A server with extra flags and, if given, a config file with this TOML.
+    /// A server with extra flags and, if given, a config file with this TOML, on the
+    /// backend chosen by [`backend`].
     pub fn start_with(extra_args: &[&str], config_toml: Option<&str>) -> TestServer {
+        TestServer::start_on(backend(), extra_args, config_toml)
+    }
+
+    /// [`TestServer::start_with`] on SQLite whatever `CHIMED_TEST_BACKEND` says: for the
+    /// tests that are about SQLite itself (they open the server's file with
+    /// [`sqlite_path`]).
+    pub fn start_sqlite_with(extra_args: &[&str], config_toml: Option<&str>) -> TestServer {
+        TestServer::start_on(Backend::Sqlite, extra_args, config_toml)
+    }
+
+    /// A server on `backend`, with its own database (dropped with the server).
+    pub fn start_on(backend: Backend, extra_args: &[&str], config_toml: Option<&str>) -> TestServer {
         let dir = unique_dir("srv");
+        let url = db_url_for(backend, &dir);
+        let owned = (backend == Backend::Mysql).then(|| url.clone());
+        TestServer::start_in(dir, url, owned, extra_args, config_toml)
+    }
+
+    /// A server on a database the caller owns (`--db url`); the harness does not drop it.
+    pub fn start_with_db(url: &str, extra_args: &[&str], config_toml: Option<&str>) -> TestServer {
+        TestServer::start_in(unique_dir("srv"), url.to_string(), None, extra_args, config_toml)
+    }
+
+    fn start_in(
+        dir: PathBuf,
+        url: String,
+        owned_mysql_db: Option<String>,
+        extra_args: &[&str],
+        config_toml: Option<&str>,
+    ) -> TestServer {
         let mut args = vec![
             "--db".to_string(),
-            db_url(&dir),
+            url,
             "--files-dir".to_string(),
             dir.join("files").display().to_string(),
         ];
@@ -112,6 +231,7 @@ impl TestServer {
             dir,
             args,
             log,
+            owned_mysql_db,
         };
         s.spawn();
         s
@@ -240,6 +360,9 @@ impl Drop for TestServer {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(url) = self.owned_mysql_db.take() {
+            drop_mysql_db(&url);
+        }
     }
 }
 
