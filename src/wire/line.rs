@@ -41,7 +41,12 @@ impl LineReader {
             let from = self.scanned.max(self.start);
             let Some(off) = self.buf[from..].iter().position(|&b| b == b'\n') else {
                 self.scanned = self.buf.len();
-                if self.buf.len() - self.start > max {
+                // A trailing `\r` may yet turn out to be part of the terminator.
+                let mut pending = self.buf.len() - self.start;
+                if self.buf.last() == Some(&b'\r') {
+                    pending -= 1;
+                }
+                if pending > max {
                     return Err(FrameError::TooLarge);
                 }
                 return Ok(None);
@@ -127,6 +132,12 @@ mod tests {
         assert_eq!(frames(&mut r, 4), Err(FrameError::TooLarge));
         let mut r = LineReader::default();
         r.extend(b"1234\r\n");
+        assert_eq!(frames(&mut r, 4).unwrap(), vec![b"1234".to_vec()]);
+        // Split between the `\r` and the `\n`: the same frame, not too large.
+        let mut r = LineReader::default();
+        r.extend(b"1234\r");
+        assert_eq!(frames(&mut r, 4).unwrap(), Vec::<Vec<u8>>::new());
+        r.extend(b"\n");
         assert_eq!(frames(&mut r, 4).unwrap(), vec![b"1234".to_vec()]);
     }
 }
