@@ -452,6 +452,7 @@ impl Server {
                     action,
                     id: req.id,
                     feed,
+                    submitted: Instant::now(),
                 };
                 let job = Job {
                     origin: origin.clone(),
@@ -751,6 +752,7 @@ impl Server {
                 action: Action::Subscribe,
                 id: None,
                 feed: Some(f.server_id),
+                submitted: Instant::now(),
             };
             let op = Op::CatchUp {
                 server_id: f.server_id,

@@ -36,6 +36,8 @@ pub struct Origin {
     pub id: Option<Value>,
     /// The server whose feed this job holds open (SUBSCRIBE and catch-up reads).
     pub feed: Option<i64>,
+    /// When the loop queued the job (publish latency in /metrics).
+    pub submitted: Instant,
 }
 
 pub struct Job {

@@ -32,6 +32,8 @@ pub struct Settings {
 /// always the caller's user id, from the connection's session.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// `GET /healthz`: one round trip to storage.
+    Health,
     // accounts
     Register {
         username: String,
@@ -428,6 +430,10 @@ fn done(data: Map<String, Value>) -> OpResult<Step> {
 
 pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
     match op {
+        Op::Health => {
+            db.query_row("SELECT 1", &[])?;
+            done(obj([("storage", "up".into())]))
+        }
         Op::Register { username, password } => accounts::register(db, username, password),
         Op::Login { username, password } => accounts::login(db, username, password),
         Op::Auth { token } => accounts::auth(db, &token),
