@@ -2,7 +2,9 @@
 //! order its replies must leave in.
 //!
 //! Nothing here decides what a frame means; the loop (`crate::server`) feeds bytes in and
-//! flushes bytes out, the handlers decide.
+//! flushes bytes out, the handlers decide. What a connection speaks ([`Framing`]) is
+//! decided by its first bytes; [`Conn::push_frame`], [`Conn::push_shared`] and
+//! [`Conn::wrap_reply`] put a JSON frame into that framing, so callers never care.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -14,13 +16,21 @@ use mio::net::TcpStream;
 
 use crate::chat::accounts::Session;
 use crate::chat::fanout::Sub;
+use crate::server::http::HttpConn;
+use crate::server::websocket::WsConn;
 use crate::wire::line::LineReader;
+use crate::wire::websocket as ws;
 
 /// Bytes waiting to be written: owned (a reply) or shared (a delta fanned out to many).
 #[derive(Debug)]
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// A shared line frame without its final `\n`: the payload of a WebSocket message,
+    /// so one serialised delta serves line and WebSocket receivers alike.
+    SharedLine(Arc<[u8]>),
+    /// A few bytes kept inline (a WebSocket frame header): no allocation per receiver.
+    Inline([u8; 10], u8),
 }
 
 impl Chunk {
@@ -28,6 +38,33 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(a) => a,
+            Chunk::SharedLine(a) => a.strip_suffix(b"\n").unwrap_or(a),
+            Chunk::Inline(b, n) => &b[..usize::from(*n).min(b.len())],
+        }
+    }
+}
+
+/// What a connection speaks, chosen by its first bytes (SPEC §2).
+#[derive(Debug)]
+pub enum Framing {
+    /// Nothing decisive has arrived yet; the first bytes wait in `Conn::reader`.
+    Sniffing,
+    /// One JSON frame per line.
+    Line,
+    /// HTTP/1.1 requests, one at a time.
+    Http(Box<HttpConn>),
+    /// An upgraded WebSocket: one JSON frame per text message.
+    WebSocket(Box<WsConn>),
+}
+
+impl Framing {
+    /// The label used in logs and /metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Framing::Sniffing => "sniffing",
+            Framing::Line => "line",
+            Framing::Http(_) => "http",
+            Framing::WebSocket(_) => "websocket",
         }
     }
 }
@@ -195,6 +232,8 @@ pub struct Conn {
     pub stream: TcpStream,
     pub generation: u64,
     pub ip: IpAddr,
+    pub framing: Framing,
+    /// Line-protocol input (and, before the framing is known, the first bytes).
     pub reader: LineReader,
     pub out: OutQueue,
     pub replies: ReplyOrder,
@@ -221,9 +260,73 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Whether buffered frames must wait before being dispatched.
+    /// Whether buffered input must wait before being processed (and the socket not read).
     pub fn must_wait(&self, max_inflight: usize) -> bool {
-        self.barrier || self.replies.waiting() >= max_inflight
+        self.barrier
+            || self.replies.waiting() >= max_inflight
+            || matches!(&self.framing, Framing::Http(h) if h.blocks_input())
+    }
+
+    /// Appends bytes read from the socket to the buffer of the connection's framing.
+    pub fn take_input(&mut self, data: &[u8]) {
+        match &mut self.framing {
+            Framing::Sniffing | Framing::Line => self.reader.extend(data),
+            Framing::Http(h) => h.inbuf.extend_from_slice(data),
+            Framing::WebSocket(w) => w.inbuf.extend_from_slice(data),
+        }
+    }
+
+    /// Whether input is buffered that has not been processed yet.
+    pub fn has_input(&self) -> bool {
+        match &self.framing {
+            Framing::Sniffing | Framing::Line => self.reader.pending() > 0,
+            Framing::Http(h) => !h.inbuf.is_empty(),
+            Framing::WebSocket(w) => !w.inbuf.is_empty(),
+        }
+    }
+
+    /// Queues a frame the server pushes (a notice, a relayed signal). Plain HTTP has no
+    /// pushes (SPEC §2): dropped there.
+    pub fn push_frame(&mut self, frame: Vec<u8>) {
+        crate::server::metrics::frame_out();
+        match &self.framing {
+            Framing::Sniffing | Framing::Line => self.out.push(Chunk::Owned(frame)),
+            Framing::WebSocket(_) => self.out.push(Chunk::Owned(ws_text(&frame))),
+            Framing::Http(_) => {}
+        }
+    }
+
+    /// Queues a frame serialised once for many receivers (a delta): shared, never copied.
+    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        crate::server::metrics::frame_out();
+        match &self.framing {
+            Framing::Sniffing | Framing::Line => self.out.push(Chunk::Shared(frame)),
+            Framing::WebSocket(_) => {
+                let len = frame.strip_suffix(b"\n").unwrap_or(&frame).len();
+                let (h, n) = ws::header(ws::OP_TEXT, len);
+                self.out.push(Chunk::Inline(h, n as u8));
+                self.out.push(Chunk::SharedLine(frame));
+            }
+            Framing::Http(_) => {}
+        }
+    }
+
+    /// A response frame in this connection's framing, ready for [`ReplyOrder`]. For HTTP
+    /// this is where a frame becomes an HTTP response (or nothing, for an intermediate
+    /// step of a multi-job request; see `server::http`).
+    pub fn wrap_reply(&mut self, frame: Vec<u8>) -> Vec<u8> {
+        crate::server::metrics::frame_out();
+        match &mut self.framing {
+            Framing::Sniffing | Framing::Line => frame,
+            Framing::WebSocket(_) => ws_text(&frame),
+            Framing::Http(h) => {
+                let response = h.wrap_reply(&frame);
+                if h.is_closed() && self.phase == Phase::Open {
+                    self.phase = Phase::Closing; // after this response, as it said
+                }
+                response
+            }
+        }
     }
 
     pub fn new(stream: TcpStream, generation: u64, ip: IpAddr, now: Instant) -> Conn {
@@ -231,6 +334,7 @@ impl Conn {
             stream,
             generation,
             ip,
+            framing: Framing::Sniffing,
             reader: LineReader::default(),
             out: OutQueue::default(),
             replies: ReplyOrder::default(),
@@ -247,6 +351,11 @@ impl Conn {
             voice: None,
         }
     }
+}
+
+/// A JSON line as a WebSocket text message (without its `\n`).
+fn ws_text(frame: &[u8]) -> Vec<u8> {
+    ws::frame(ws::OP_TEXT, frame.strip_suffix(b"\n").unwrap_or(frame))
 }
 
 #[cfg(test)]

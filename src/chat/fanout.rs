@@ -27,7 +27,7 @@ use slab::Slab;
 
 use super::delta::{Ends, Published};
 use super::log::Page;
-use crate::conn::{Chunk, Conn};
+use crate::conn::Conn;
 use crate::protocol::encode_push;
 
 /// Where a subscription stands.
@@ -78,11 +78,11 @@ pub struct Feeds {
     tail_len: usize,
 }
 
-fn sync_notice(server_id: i64, head: i64) -> Chunk {
-    Chunk::Owned(encode_push(
+fn sync_notice(server_id: i64, head: i64) -> Vec<u8> {
+    encode_push(
         "SYNC",
         &json!({"server_id": server_id.to_string(), "server_delta_id": head}),
-    ))
+    )
 }
 
 /// Whether this delta, once delivered, ends `sub`.
@@ -193,8 +193,9 @@ impl Feeds {
                 continue;
             }
             sub.cursor = p.delta_id;
-            conn.out.push(Chunk::Shared(p.frame.clone()));
-            if ends(p, sub) {
+            let last = ends(p, sub);
+            conn.push_shared(p.frame.clone());
+            if last {
                 ended = true;
                 break;
             }
@@ -211,8 +212,9 @@ impl Feeds {
         for p in feed.tail.iter().filter(|p| p.delta_id > cursor) {
             let sub = &mut conn.subs[idx];
             sub.cursor = p.delta_id;
-            conn.out.push(Chunk::Shared(p.frame.clone()));
-            if ends(p, sub) {
+            let last = ends(p, sub);
+            conn.push_shared(p.frame.clone());
+            if last {
                 ended = true;
                 break;
             }
@@ -261,10 +263,11 @@ impl Feeds {
                 continue;
             }
             sub.cursor = p.delta_id;
-            conn.out.push(Chunk::Shared(p.frame.clone()));
+            let last = ends(p, sub);
+            conn.push_shared(p.frame.clone());
             filling |= conn.out.len() >= max_output / 2;
             touched.push(key);
-            if ends(p, sub) {
+            if last {
                 ended.push(key);
             }
         }
@@ -324,7 +327,7 @@ impl Feeds {
                     .get(&server_id)
                     .map_or(cursor, |f| f.last_published.max(cursor));
                 if let Some(c) = conns.get_mut(key) {
-                    c.out.push(sync_notice(server_id, head));
+                    c.push_frame(sync_notice(server_id, head));
                     notified = true;
                 }
                 self.end(conns, key, server_id);
@@ -359,7 +362,7 @@ impl Feeds {
             .map
             .get(&server_id)
             .map_or(sub.cursor, |f| f.last_published.max(sub.cursor));
-        conn.out.push(sync_notice(server_id, head));
+        conn.push_frame(sync_notice(server_id, head));
         touched.push(key);
         self.end(conns, key, server_id);
     }

@@ -36,6 +36,25 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
+
+    /// The code of a wire name (`"not_found"`), for transports that re-read a frame.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            BadRequest,
+            UnknownAction,
+            Unauthenticated,
+            Forbidden,
+            NotFound,
+            Conflict,
+            TooLarge,
+            RateLimited,
+            Unavailable,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
 }
 
 /// An error as the client sees it.

@@ -6,6 +6,7 @@
 pub mod action;
 pub mod error;
 pub mod frame;
+pub mod routes;
 
 pub use action::Action;
 pub use error::{ApiError, ErrorCode};

@@ -34,6 +34,21 @@ impl LineReader {
         self.buf.len() - self.start
     }
 
+    /// The unconsumed bytes (for sniffing a connection's first bytes).
+    pub fn peek(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Takes every unconsumed byte out, leaving the reader empty (the connection turned
+    /// out to speak another framing).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.drain(..self.start);
+        self.start = 0;
+        self.scanned = 0;
+        buf
+    }
+
     /// Returns the next complete frame, `Ok(None)` if only a partial frame remains, or
     /// `TooLarge` once a frame exceeds `max` bytes (without its terminator).
     pub fn next_frame(&mut self, max: usize) -> Result<Option<&[u8]>, FrameError> {

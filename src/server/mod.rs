@@ -29,12 +29,15 @@ use crate::chat::handlers::{self, Outcome};
 use crate::chat::ops::{obj, sid, Effect, Op, Settings};
 use crate::chat::voice::Rooms;
 use crate::config::Config;
-use crate::conn::Chunk;
-use crate::conn::{Conn, Flushed, Phase};
+use crate::conn::{Conn, Flushed, Framing, Phase};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::{ConnId, LISTENER, SIGNALS, WAKER};
 use crate::wire::line::FrameError;
 use crate::workers::{Done, Job, Origin, Pool};
+
+pub mod http;
+pub(crate) mod metrics;
+pub mod websocket;
 
 /// Bytes read from one connection per turn before others get their go.
 const READ_BUDGET: usize = 256 * 1024;
@@ -57,7 +60,6 @@ pub struct Counters {
     pub accepted: u64,
     pub refused: u64,
     pub frames_in: u64,
-    pub frames_out: u64,
 }
 
 pub struct Server {
@@ -88,6 +90,7 @@ pub struct Server {
     touched: Vec<usize>,
     fetches: Vec<Fetch>,
     pub counters: Counters,
+    metrics: metrics::Metrics,
 }
 
 /// Why the server could not start.
@@ -177,6 +180,7 @@ impl Server {
             touched: Vec::new(),
             fetches: Vec::new(),
             counters: Counters::default(),
+            metrics: metrics::Metrics::default(),
         })
     }
 
@@ -321,17 +325,17 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    // Half-close: answer everything it sent (dispatch_frames closes after).
+                    // Half-close: answer everything it sent, then close.
                     conn.read_eof = true;
                     conn.read_pending = false;
-                    self.dispatch_frames(key);
+                    self.process_input(key);
                     return;
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    conn.reader.extend(&self.scratch[..n]);
+                    conn.take_input(&self.scratch[..n]);
                     conn.last_active = Instant::now();
-                    self.dispatch_frames(key);
+                    self.process_input(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.read_pending = false;
@@ -354,8 +358,32 @@ impl Server {
         }
     }
 
-    /// Dispatches buffered frames until none is complete or the connection must wait.
-    fn dispatch_frames(&mut self, key: usize) {
+    /// Processes buffered input in the connection's framing; the first bytes choose it.
+    fn process_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(conn.framing, Framing::Sniffing) {
+            match crate::wire::http::sniff(conn.reader.peek()) {
+                Some(true) => {
+                    let first = conn.reader.take_all();
+                    conn.framing = Framing::Http(Box::new(http::HttpConn::new(first)));
+                }
+                Some(false) => conn.framing = Framing::Line,
+                None if conn.read_eof => conn.framing = Framing::Line,
+                None => return,
+            }
+        }
+        match conn.framing {
+            Framing::Sniffing => {}
+            Framing::Line => self.dispatch_lines(key),
+            Framing::Http(_) => self.http_input(key),
+            Framing::WebSocket(_) => self.ws_input(key),
+        }
+    }
+
+    /// Dispatches buffered lines until none is complete or the connection must wait.
+    fn dispatch_lines(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -369,10 +397,7 @@ impl Server {
                 break;
             }
             match reader.next_frame(max) {
-                Ok(Some(frame)) => {
-                    self.counters.frames_in += 1;
-                    self.dispatch(key, frame);
-                }
+                Ok(Some(frame)) => self.dispatch(key, frame),
                 Ok(None) => break,
                 Err(FrameError::TooLarge) => {
                     let err = ApiError::new(ErrorCode::TooLarge, format!("frame exceeds {max} bytes"));
@@ -395,8 +420,10 @@ impl Server {
         }
     }
 
-    /// One frame: decode, check the action table, run the handler, apply its outcome.
+    /// One frame (a line or a WebSocket text message): decode it and run its action under
+    /// the connection's session.
     fn dispatch(&mut self, key: usize, frame: &[u8]) {
+        self.counters.frames_in += 1;
         let req = match protocol::decode(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -410,73 +437,95 @@ impl Server {
             let err = ApiError::new(ErrorCode::UnknownAction, format!("unknown action {}", req.action));
             return self.reply_now(key, protocol::encode_error(Some(&req.action), req.id.as_ref(), &err));
         };
+        self.run_action(key, action, req.id, req.data, None);
+    }
+
+    /// Checks the action table, runs the handler and applies its outcome: an answer now, or
+    /// a job whose answer comes back through `complete`. `session` overrides the
+    /// connection's own (an HTTP request's Bearer token).
+    fn run_action(
+        &mut self,
+        key: usize,
+        action: Action,
+        id: Option<serde_json::Value>,
+        data: serde_json::Map<String, serde_json::Value>,
+        session: Option<&crate::chat::accounts::Session>,
+    ) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        if !action.open() && conn.session.is_none() {
+        let session = session.or(conn.session.as_ref());
+        if !action.open() && session.is_none() {
             let err = ApiError::unauthenticated("this action needs a session: REGISTER, LOGIN or AUTH first");
-            return self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err));
+            return self.reply_now(key, protocol::encode_error(Some(action.name()), id.as_ref(), &err));
         }
-        match handlers::handle(action, req.data, conn.session.as_ref(), &self.cfg) {
-            Outcome::Reply(data) => {
-                self.reply_now(key, protocol::encode_success(action.name(), req.id.as_ref(), &data))
-            }
-            Outcome::Fail(err) => {
-                self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err))
-            }
+        match handlers::handle(action, data, session, &self.cfg) {
+            Outcome::Reply(data) => self.reply_now(key, protocol::encode_success(action.name(), id.as_ref(), &data)),
+            Outcome::Fail(err) => self.reply_now(key, protocol::encode_error(Some(action.name()), id.as_ref(), &err)),
             Outcome::Unsubscribe(server_id) => {
                 self.feeds.end(&mut self.conns, key, server_id);
                 let data = obj([("server_id", sid(server_id))]);
-                self.reply_now(key, protocol::encode_success(action.name(), req.id.as_ref(), &data));
+                self.reply_now(key, protocol::encode_success(action.name(), id.as_ref(), &data));
             }
             Outcome::Job(op) => {
-                let feed = match &op {
-                    Op::Subscribe { server_id, .. } => Some(*server_id),
-                    _ => None,
-                };
                 if let (Op::Restore { user, limit, .. }, true) = (&op, self.cfg.rate_limits) {
                     let load = self.pool.in_flight() as f64 / self.cfg.job_queue as f64;
                     if let Err(ms) = self.history.charge(*user, *limit as f64, Instant::now(), load) {
                         let err = ApiError::rate_limited(ms);
-                        return self.reply_now(key, protocol::encode_error(Some(action.name()), req.id.as_ref(), &err));
+                        return self.reply_now(key, protocol::encode_error(Some(action.name()), id.as_ref(), &err));
                     }
                 }
-                let Some(conn) = self.conns.get(key) else { return };
-                let generation = conn.generation;
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                let seq = conn.replies.reserve();
-                conn.barrier = matches!(action, Action::Register | Action::Login | Action::Auth | Action::Logout);
-                let origin = Origin {
-                    conn: ConnId { key, generation },
-                    seq: Some(seq),
-                    action,
-                    id: req.id,
-                    feed,
-                    submitted: Instant::now(),
-                };
-                let job = Job {
-                    origin: origin.clone(),
-                    op,
-                    deadline: Instant::now() + self.cfg.storage_timeout(),
-                };
-                if let Some(server_id) = feed {
-                    self.feeds.begin_subscribe(server_id);
-                }
-                if let Err(err) = self.pool.submit(job) {
-                    conn.barrier = false;
-                    let frame = protocol::encode_error(Some(action.name()), origin.id.as_ref(), &err);
-                    conn.replies.complete(seq, frame, &mut conn.out);
-                    if let Some(server_id) = feed {
-                        self.feeds.abort_subscribe(server_id);
-                    }
-                    self.mark_dirty(key);
-                }
+                self.submit_request(key, action, id, op);
             }
+        }
+    }
+
+    /// Queues a job whose answer is the reply to a request: reserves the reply's place,
+    /// and answers `unavailable` at once if the queue is full.
+    fn submit_request(&mut self, key: usize, action: Action, id: Option<serde_json::Value>, op: Op) {
+        let feed = match &op {
+            Op::Subscribe { server_id, .. } => Some(*server_id),
+            _ => None,
+        };
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let seq = conn.replies.reserve();
+        conn.barrier = matches!(action, Action::Register | Action::Login | Action::Auth | Action::Logout)
+            && !matches!(conn.framing, Framing::Http(_));
+        let origin = Origin {
+            conn: ConnId {
+                key,
+                generation: conn.generation,
+            },
+            seq: Some(seq),
+            action,
+            id,
+            feed,
+            submitted: Instant::now(),
+        };
+        let id = origin.id.clone();
+        let job = Job {
+            origin,
+            op,
+            deadline: Instant::now() + self.cfg.storage_timeout(),
+        };
+        if let Some(server_id) = feed {
+            self.feeds.begin_subscribe(server_id);
+        }
+        if let Err(err) = self.pool.submit(job) {
+            conn.barrier = false;
+            let frame = protocol::encode_error(Some(action.name()), id.as_ref(), &err);
+            let frame = conn.wrap_reply(frame);
+            conn.replies.complete(seq, frame, &mut conn.out);
+            if let Some(server_id) = feed {
+                self.feeds.abort_subscribe(server_id);
+            }
+            self.mark_dirty(key);
         }
     }
 
     fn reply_now(&mut self, key: usize, frame: Vec<u8>) {
         if let Some(conn) = self.conns.get_mut(key) {
+            let frame = conn.wrap_reply(frame);
             conn.replies.ready_now(frame, &mut conn.out);
             self.mark_dirty(key);
         }
@@ -518,8 +567,8 @@ impl Server {
         {
             return;
         }
-        if conn.reader.pending() > 0 || conn.read_eof {
-            self.dispatch_frames(key);
+        if conn.has_input() || conn.read_eof {
+            self.process_input(key);
         }
         if self.conns.get(key).is_some_and(|c| c.read_pending) && !self.pending_reads.contains(&key) {
             self.pending_reads.push(key);
@@ -551,6 +600,26 @@ impl Server {
             .conns
             .get(key)
             .is_some_and(|c| c.generation == origin.conn.generation);
+        if !published.is_empty() {
+            self.metrics.publish_latency.observe(origin.submitted.elapsed());
+            self.metrics.deltas_published += published.len() as u64;
+        }
+        let mut effect = effect;
+        if live && origin.seq.is_some() {
+            // Before the effect runs: an HTTP request decides here whether this answer is
+            // its response or a step towards it.
+            if let Some(c) = self.conns.get_mut(key) {
+                frame = c.wrap_reply(frame);
+            }
+        }
+        if live
+            && self
+                .conns
+                .get(key)
+                .is_some_and(|c| matches!(c.framing, Framing::Http(_)))
+        {
+            effect = self.http_effect(key, effect);
+        }
         let mut first_page = None;
         match effect {
             Effect::None | Effect::Failed => {
@@ -607,7 +676,10 @@ impl Server {
                         let (head, page) = self.feeds.subscribed(&mut self.conns, key, user, page);
                         first_page = page; // sent after the answer
                         let data = obj([("server_id", sid(server_id)), ("server_delta_id", head.into())]);
-                        frame = protocol::encode_success(origin.action.name(), origin.id.as_ref(), &data);
+                        let answer = protocol::encode_success(origin.action.name(), origin.id.as_ref(), &data);
+                        if let Some(c) = self.conns.get_mut(key) {
+                            frame = c.wrap_reply(answer);
+                        }
                     }
                     None => self.feeds.abort_subscribe(page.server_id),
                 }
@@ -645,7 +717,10 @@ impl Server {
                     .map(|(k, _)| k)
                     .collect();
                 for k in keys {
-                    self.push(k, Chunk::Shared(push.clone()));
+                    if let Some(c) = self.conns.get_mut(k) {
+                        c.push_shared(push.clone());
+                        self.mark_dirty(k);
+                    }
                 }
             }
         }
@@ -692,16 +767,12 @@ impl Server {
         }
     }
 
-    fn push(&mut self, key: usize, chunk: Chunk) {
-        if let Some(c) = self.conns.get_mut(key) {
-            c.out.push(chunk);
-            self.mark_dirty(key);
-        }
-    }
-
     fn push_to_server(&mut self, server_id: i64, frame: &Arc<[u8]>) {
         for k in self.feeds.live_subscribers(&self.conns, server_id) {
-            self.push(k, Chunk::Shared(frame.clone()));
+            if let Some(c) = self.conns.get_mut(k) {
+                c.push_shared(frame.clone());
+                self.mark_dirty(k);
+            }
         }
     }
 
@@ -792,7 +863,6 @@ impl Server {
             };
             conn.dirty = false;
             let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
-            self.counters.frames_out += 1;
             let mut notified = false;
             if result.is_ok() && (!conn.subs.is_empty() || conn.lagged_since.is_some()) {
                 notified =

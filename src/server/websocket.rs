@@ -1,0 +1,78 @@
+//! WebSocket sessions on the loop: after the `GET /ws` upgrade, each text message is one
+//! frame, exactly as a line is on the line protocol, and every reply and push goes out as
+//! one text message (see `Conn::push_shared`: a delta's bytes are still shared).
+//!
+//! Pings are answered with pongs, a close is echoed and ends the connection, and any
+//! protocol error closes it with the RFC's code (`wire::websocket::WsError::close_code`).
+
+use super::Server;
+use crate::conn::{Chunk, Framing, Phase};
+use crate::protocol::{self, ApiError};
+use crate::wire::websocket::{self as ws, Decoder, Message};
+
+/// A WebSocket connection's input side.
+#[derive(Debug)]
+pub struct WsConn {
+    /// Bytes received and not yet decoded.
+    pub inbuf: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl WsConn {
+    /// `rest`: bytes that followed the upgrade request in the same read.
+    pub fn new(rest: Vec<u8>, max_message: usize) -> WsConn {
+        WsConn {
+            inbuf: rest,
+            decoder: Decoder::new(max_message),
+        }
+    }
+}
+
+impl Server {
+    /// Decodes and dispatches messages until none is complete or the connection must wait.
+    pub(super) fn ws_input(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.phase != Phase::Open || conn.must_wait(self.cfg.max_inflight_per_conn) {
+                return;
+            }
+            let Framing::WebSocket(w) = &mut conn.framing else {
+                return;
+            };
+            let next = w.decoder.next(&mut w.inbuf);
+            match next {
+                Ok(Some(Message::Text(text))) => self.dispatch(key, &text),
+                Ok(Some(Message::Binary(_))) => {
+                    self.counters.frames_in += 1;
+                    let err = ApiError::bad_request("frames are JSON in text messages, not binary ones");
+                    self.reply_now(key, protocol::encode_error(None, None, &err));
+                }
+                Ok(Some(Message::Ping(payload))) => {
+                    conn.out.push(Chunk::Owned(ws::frame(ws::OP_PONG, &payload)));
+                    self.mark_dirty(key);
+                }
+                Ok(Some(Message::Pong(_))) => {}
+                Ok(Some(Message::Close(code, _))) => {
+                    conn.out.push(Chunk::Owned(ws::close_frame(code.unwrap_or(1000), "")));
+                    conn.phase = Phase::Closing;
+                    self.mark_dirty(key);
+                    return;
+                }
+                Ok(None) => {
+                    if conn.read_eof {
+                        conn.phase = Phase::Closing; // peer went away without a close frame
+                        self.mark_dirty(key);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    conn.out
+                        .push(Chunk::Owned(ws::close_frame(e.close_code(), &e.to_string())));
+                    conn.phase = Phase::Closing;
+                    self.mark_dirty(key);
+                    return;
+                }
+            }
+        }
+    }
+}
