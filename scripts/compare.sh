@@ -3,12 +3,18 @@
 # SQLite database, --rate-limits off), ngircd, InspIRCd and redis-server, all on 127.0.0.1, then
 # a table of the figures and of the chimed/peer ratios.
 #
-#   scripts/compare.sh                      # fanout 1 server x 1,000 subscribers, connect 10,000
+#   scripts/compare.sh                      # fanout 1 server x 1,000 subscribers (as fast as
+#                                           # acknowledged, and paced), connect 10,000
 #   MESSAGES=500 CONNECTIONS=2000 scripts/compare.sh
-#   TARGETS="chimed redis" scripts/compare.sh
+#   TARGETS="chimed redis" WORKLOADS="fanout" scripts/compare.sh
+#
+# Workloads (WORKLOADS, default "connect fanout paced"): connect (CONNECTIONS held idle, time to
+# ready, RSS per connection), fanout (posts as fast as acknowledged: deliveries/s), paced (the
+# same fanout at RATE posts/s in total, default 1000: 1,000,000 deliveries/s to 1,000
+# subscribers; latency at a fixed load).
 #
 # Knobs (environment): SUBSCRIBERS (1000), PUBLISHERS (4), MESSAGES per publisher (1500), SIZE
-# (128), WINDOW (16), CONNECTIONS (10000), CONCURRENCY (connects and handshakes in flight; default
+# (128), WINDOW (16), RATE (1000), CONNECTIONS (10000), CONCURRENCY (connects and handshakes in flight; default
 # 256, but 8 for ngircd, whose short listen backlog drops SYNs past a few, which then wait
 # seconds for a retransmit; InspIRCd 3 completes a registration only in its once-a-second
 # background pass, so it needs many in flight), IRC_CHANNEL_MEMBERS (100: every IRC
@@ -34,7 +40,9 @@ WINDOW="${WINDOW:-16}"
 CONNECTIONS="${CONNECTIONS:-10000}"
 CONCURRENCY="${CONCURRENCY:-}"
 IRC_CHANNEL_MEMBERS="${IRC_CHANNEL_MEMBERS:-100}"
+RATE="${RATE:-1000}"
 TARGETS="${TARGETS:-chimed ngircd inspircd redis}"
+WORKLOADS="${WORKLOADS:-connect fanout paced}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-300}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/chimed-compare.XXXXXX")"
@@ -206,7 +214,9 @@ EOF
         redis)
             port="$(free_port)"
             # No persistence, no output-buffer limit for pub/sub clients, room for the clients.
-            redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --maxclients 19000 \
+            # protected-mode off: it refuses every client not from 127.0.0.1 itself, and past a
+            # few thousand connections flood spreads its sources over 127.0.0.2, .3, ...
+            redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxclients 19000 \
                 --client-output-buffer-limit 'pubsub 0 0 0' --dir "$dir" --daemonize no >"$dir/log" 2>&1 &
             server_pid=$!
             addr="127.0.0.1:$port"
@@ -244,9 +254,10 @@ run_one() {
     local target
     target="$(flood_target "$kind")"
     case "$workload" in
-        fanout)
+        fanout | paced)
             args=(fanout --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --messages "$MESSAGES"
                 --size "$SIZE" --window "$WINDOW" --duration 120 --drain-timeout 15)
+            [ "$workload" = paced ] && args+=(--rate "$RATE")
             ;;
         connect)
             args=(connect --connections "$CONNECTIONS" --hold 1)
@@ -273,8 +284,9 @@ run_one() {
     stop_server
 }
 
-for workload in connect fanout; do
+for workload in $WORKLOADS; do
     for kind in $TARGETS; do
+        log "load average $(cut -d' ' -f1-3 /proc/loadavg)"
         run_one "$workload" "$kind"
     done
 done
@@ -303,7 +315,7 @@ for kind in $TARGETS; do
 done
 
 echo
-echo "chimed vs peers on 127.0.0.1 (fanout: 1 server/channel x $SUBSCRIBERS subscribers, $PUBLISHERS publishers x $MESSAGES posts of $SIZE bytes, window $WINDOW; connect: $CONNECTIONS connections, IRC in channels of $IRC_CHANNEL_MEMBERS; connects in flight: ${CONCURRENCY:-256, ngircd 8})"
+echo "chimed vs peers on 127.0.0.1 (fanout: 1 server/channel x $SUBSCRIBERS subscribers, $PUBLISHERS publishers x $MESSAGES posts of $SIZE bytes, window $WINDOW; paced: the same at $RATE posts/s; connect: $CONNECTIONS connections, IRC in channels of $IRC_CHANNEL_MEMBERS; connects in flight: ${CONCURRENCY:-256, ngircd 8}; $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 header="$(printf '%-34s %12s' metric chimed)"
 for p in "${peers[@]}"; do header+="$(printf ' %12s' "$p")"; done
 for p in "${peers[@]}"; do header+="$(printf ' %16s' "chimed/$p")"; done
@@ -329,15 +341,23 @@ row "fanout duplicated" fanout '.duplicated'
 row "fanout reordered" fanout '.reordered'
 row "fanout server CPU (s)" fanout '.server_cpu_s'
 row "fanout server RSS after (KiB)" fanout '.rss_after_kb'
+row "paced deliveries/s" paced '.deliveries_per_s'
+row "paced latency p50 (us)" paced '.latency_us.p50'
+row "paced latency p99 (us)" paced '.latency_us.p99'
+row "paced latency p99.9 (us)" paced '.latency_us.p999'
+row "paced latency max (us)" paced '.latency_us.max'
+row "paced lost+dup+reordered" paced '.lost + .duplicated + .reordered'
+row "paced server CPU (s)" paced '.server_cpu_s'
 row "connect connected" connect '.connected'
 row "connect ready in (s)" connect '.ready_s'
 row "connect connections/s" connect '.connects_per_s'
 row "connect RSS per connection (B)" connect '.rss_per_conn_bytes'
 row "connect server RSS after (KiB)" connect '.rss_after_kb'
 echo "(ratios are chimed/peer: above 1 means chimed is higher — better for throughput, worse for latency and memory)"
+echo "(chimed commits every post to SQLite with synchronous=FULL before it is delivered; the peers persist nothing)"
 echo
 echo "JSON lines:"
-for workload in connect fanout; do
+for workload in $WORKLOADS; do
     for kind in $TARGETS; do
         [ -f "$work/$workload-$kind.json" ] && echo "$workload $kind $(cat "$work/$workload-$kind.json")"
     done

@@ -92,3 +92,65 @@ fn small_fanout_through_flood_sh_is_exactly_once() {
         "the human table comes before the JSON line: {stdout}"
     );
 }
+
+/// `scripts/flood.sh --help` documents every scenario, target and the sections the issue asks
+/// for (clap lists every flag with its default).
+#[test]
+fn flood_sh_help_documents_every_scenario_and_flag() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/flood.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--help")
+        .env("FLOOD_BIN", env!("CARGO_BIN_EXE_flood"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/flood.sh --help");
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "connect",
+        "fanout",
+        "ingest",
+        "churn",
+        "chimed",
+        "irc",
+        "redis",
+        "SCENARIOS",
+        "TARGETS",
+        "OUTPUT",
+        "LIMITS",
+        "PACING",
+    ] {
+        assert!(help.contains(word), "--help does not mention {word}:\n{help}");
+    }
+    for flag in [
+        "--target",
+        "--addr",
+        "--threads",
+        "--connections",
+        "--subscribers",
+        "--publishers",
+        "--messages",
+        "--size",
+        "--window",
+        "--rate",
+        "--servers",
+        "--channels",
+        "--users",
+        "--duration",
+        "--setup-timeout",
+        "--drain-timeout",
+        "--hold",
+        "--server-pid",
+        "--concurrency",
+        "--handshakes",
+        "--source-ips",
+        "--source-first",
+        "--source-threshold",
+        "--channel",
+        "--channel-members",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help does not document {flag}");
+    }
+}

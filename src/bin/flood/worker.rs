@@ -132,6 +132,19 @@ impl Ctx {
         publisher as usize * self.stride() + seq as usize
     }
 
+    /// The index of a server id this run created (a short scan for the few servers of a
+    /// run, the map past that).
+    fn server_of(&self, id: &[u8]) -> Option<usize> {
+        let ids = &self.world.server_ids;
+        if ids.len() <= 16 {
+            ids.iter().position(|s| s.as_bytes() == id)
+        } else {
+            std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| self.server_index.get(s).copied())
+        }
+    }
+
     fn irc_channel(&self, group: usize) -> String {
         if self.cli.channel_members > 0 {
             format!("#{}{}", self.cli.channel, group)
@@ -269,6 +282,8 @@ struct Worker {
     handshake: Histogram<u64>,
     scratch: Vec<u8>,
     out: Vec<u8>,
+    /// When the read being processed returned (one clock reading per read, not per line).
+    read_ns: u64,
     /// churn: connections opened by this thread so far (numbers the next one).
     churn_opened: usize,
 }
@@ -309,6 +324,7 @@ pub fn run(ctx: Arc<Ctx>, tid: usize, specs: Vec<Spec>) -> WorkerResult {
         handshake: histogram(),
         scratch: vec![0; READ_CHUNK],
         out: Vec::with_capacity(4096),
+        read_ns: 0,
         churn_opened: 0,
     };
     w.main_loop();
@@ -647,9 +663,9 @@ impl Worker {
                     break;
                 }
                 Ok(n) => {
-                    c.rbuf.extend_from_slice(&self.scratch[..n]);
-                    self.process(c)?;
-                    if n < self.scratch.len() {
+                    self.read_ns = now_ns();
+                    self.take_input(c, n)?;
+                    if n < READ_CHUNK {
                         // A short read emptied the socket's receive queue; with epoll's edge
                         // triggering, bytes arriving later raise a new event, so the extra
                         // read that would only say WouldBlock is skipped (one syscall per
@@ -673,6 +689,30 @@ impl Worker {
         Ok(())
     }
 
+    /// Handles `n` bytes just read into the scratch buffer. Whole lines are read from there
+    /// directly; only a partial line (or anything after one) is copied into the
+    /// connection's own buffer, so most bytes are never copied.
+    fn take_input(&mut self, c: &mut Conn, n: usize) -> Result<(), Close> {
+        let line_protocol = matches!(self.ctx.cli.target, Target::Chimed | Target::Irc);
+        if !line_protocol || !c.rbuf.is_empty() {
+            c.rbuf.extend_from_slice(&self.scratch[..n]);
+            return self.process(c);
+        }
+        let buf = std::mem::take(&mut self.scratch);
+        let (used, res) = self.lines(c, &buf[..n]);
+        if res.is_ok() && used < n {
+            c.rbuf.extend_from_slice(&buf[used..n]);
+        }
+        self.scratch = buf;
+        res?;
+        if c.rbuf.len() > MAX_INPUT {
+            return Err(Close::Malformed(format!(
+                "more than {MAX_INPUT} bytes without a frame end"
+            )));
+        }
+        Ok(())
+    }
+
     fn process(&mut self, c: &mut Conn) -> Result<(), Close> {
         let result = match self.ctx.cli.target {
             Target::Chimed | Target::Irc => self.process_lines(c),
@@ -688,9 +728,17 @@ impl Worker {
 
     fn process_lines(&mut self, c: &mut Conn) -> Result<(), Close> {
         let buf = std::mem::take(&mut c.rbuf);
+        let (start, res) = self.lines(c, &buf);
+        c.rbuf = buf;
+        c.rbuf.drain(..start);
+        res
+    }
+
+    /// Handles every whole line of `buf`; returns the bytes consumed (up to the end of the
+    /// last whole line) and the first error.
+    fn lines(&mut self, c: &mut Conn, buf: &[u8]) -> (usize, Result<(), Close>) {
         let mut start = 0;
-        let mut res = Ok(());
-        while let Some(rel) = buf[start..].iter().position(|&b| b == b'\n') {
+        while let Some(rel) = find_byte(b'\n', &buf[start..]) {
             let mut line = &buf[start..start + rel];
             start += rel + 1;
             if line.last() == Some(&b'\r') {
@@ -704,13 +752,10 @@ impl Worker {
                 _ => self.on_chimed_line(c, line),
             };
             if let Err(e) = r {
-                res = Err(e);
-                break;
+                return (start, Err(e));
             }
         }
-        c.rbuf = buf;
-        c.rbuf.drain(..start);
-        res
+        (start, Ok(()))
     }
 
     fn process_resp(&mut self, c: &mut Conn) -> Result<(), Close> {
@@ -894,7 +939,7 @@ impl Worker {
                 let Some(d) = data.delta else {
                     return Err(Close::Malformed("PUBLISH_DELTA without a delta".into()));
                 };
-                self.on_chimed_delta(c, &d);
+                self.on_chimed_delta(c, &d.view());
             }
             "SYNC" => {
                 self.local.sync_notices += 1;
@@ -915,29 +960,29 @@ impl Worker {
         Ok(())
     }
 
-    fn on_chimed_delta(&mut self, c: &mut Conn, d: &InDelta) {
+    fn on_chimed_delta(&mut self, c: &mut Conn, d: &DeltaView) {
         let Some(sub) = c.sub.as_mut() else {
             return;
         };
-        let server = self.ctx.server_index.get(d.server_id.as_ref()).copied();
+        let server = self.ctx.server_of(d.server_id);
         let Some(server) = server.filter(|&s| s < sub.last.len()) else {
             sub.foreign += 1;
             return;
         };
         let prev = sub.last[server];
         sub.last[server] = prev.max(d.delta_id);
-        if d.kind != "message" {
+        if d.kind != b"message" {
             if d.delta_id <= prev {
                 sub.reordered += 1;
             }
             return;
         }
-        let body = d.content.as_deref().unwrap_or("");
-        let Some((sent, publisher, seq)) = parse_body(body.as_bytes()) else {
+        let body = d.content.unwrap_or(b"");
+        let Some((sent, publisher, seq)) = parse_body(body) else {
             sub.foreign += 1;
             return;
         };
-        let now = now_ns();
+        let now = self.read_ns;
         if (publisher as usize) >= self.ctx.publishers || seq >= self.ctx.messages {
             sub.foreign += 1;
             return;
@@ -966,7 +1011,7 @@ impl Worker {
             sub.foreign += 1;
             return;
         };
-        let now = now_ns();
+        let now = self.read_ns;
         if (publisher as usize) >= self.ctx.publishers || seq >= self.ctx.messages {
             sub.foreign += 1;
             return;
@@ -1152,7 +1197,8 @@ impl Worker {
                 } else {
                     u64::MAX
                 };
-                self.post_some(&mut c, allowed, past_deadline);
+                let due = (per_pub_rate > 0.0).then_some((start, per_pub_rate));
+                self.post_some(&mut c, allowed, past_deadline, due);
             }
             let r = self.flush(&mut c);
             match r {
@@ -1166,7 +1212,9 @@ impl Worker {
         }
     }
 
-    fn post_some(&mut self, c: &mut Conn, allowed: u64, past_deadline: bool) {
+    /// Queues the posts a publisher may send now. `due`: (start ns, posts/s of this publisher)
+    /// when paced; a post then carries the time it was due (see [`due_ns`]).
+    fn post_some(&mut self, c: &mut Conn, allowed: u64, past_deadline: bool, due: Option<(u64, f64)>) {
         let ctx = self.ctx.clone();
         let window = ctx.cli.window;
         let Some(p) = c.pb.as_mut() else {
@@ -1174,7 +1222,10 @@ impl Worker {
         };
         while !past_deadline && p.sent < ctx.messages && p.sent < allowed && p.outstanding.len() < window {
             let seq = p.sent;
-            let sent_ns = now_ns();
+            let sent_ns = match due {
+                Some((start, rate)) => due_ns(start, rate, seq).min(now_ns()),
+                None => now_ns(),
+            };
             self.out.clear();
             write_body(&mut self.out, sent_ns, p.index as u64, seq, ctx.cli.size);
             let body = std::str::from_utf8(&self.out).unwrap_or("");
@@ -1219,6 +1270,13 @@ impl Worker {
             self.local.pubs_done += 1;
         }
     }
+}
+
+/// When post `seq` of a publisher paced at `rate` posts/s from `start` is due. Latency is
+/// measured from here, so a post held back by a full window (a stalled server) counts its
+/// wait: no coordinated omission.
+pub fn due_ns(start: u64, rate: f64, seq: u64) -> u64 {
+    start.saturating_add((seq as f64 / rate * 1e9) as u64)
 }
 
 fn push_json(out: &mut Vec<u8>, v: &serde_json::Value) {
@@ -1272,42 +1330,101 @@ struct InDelta<'a> {
     content: Option<Cow<'a, str>>,
 }
 
+/// What the tool needs of a delta, as raw bytes (a string without escapes is its bytes).
+#[derive(Debug, PartialEq, Eq)]
+struct DeltaView<'a> {
+    server_id: &'a [u8],
+    delta_id: i64,
+    kind: &'a [u8],
+    content: Option<&'a [u8]>,
+}
+
+impl InDelta<'_> {
+    fn view(&self) -> DeltaView<'_> {
+        DeltaView {
+            server_id: self.server_id.as_bytes(),
+            delta_id: self.delta_id,
+            kind: self.kind.as_bytes(),
+            content: self.content.as_deref().map(str::as_bytes),
+        }
+    }
+}
+
 /// A `PUBLISH_DELTA` line exactly as chimed writes it (`server_id`, `delta_id`, `type` first,
-/// `content` without escapes); anything else is `None` and goes through serde.
-fn fast_delta(line: &[u8]) -> Option<InDelta<'_>> {
+/// `content` without escapes); anything else is `None` and goes through serde. This runs once
+/// per delivery, millions of times a second, so it scans a word at a time and never
+/// validates UTF-8 (the fields it returns are compared or parsed as ASCII).
+fn fast_delta(line: &[u8]) -> Option<DeltaView<'_>> {
     const PREFIX: &[u8] = br#"{"action":"PUBLISH_DELTA","data":{"delta":{"server_id":""#;
+    const CONTENT: &[u8] = br#","content":""#;
     if !line.ends_with(b"}}}") {
         return None;
     }
+    // Up to the closing quote of a string that has no escape in it.
     let plain = |b: &[u8]| -> Option<usize> {
-        let q = b.iter().position(|&x| x == b'"' || x == b'\\')?;
-        (b[q] == b'"').then_some(q)
+        let q = find_byte(b'"', b)?;
+        (find_byte(b'\\', &b[..q]).is_none()).then_some(q)
     };
     let rest = line.strip_prefix(PREFIX)?;
     let q = plain(rest)?;
-    let server_id = std::str::from_utf8(&rest[..q]).ok()?;
+    let server_id = &rest[..q];
     let rest = rest[q..].strip_prefix(br#"","delta_id":"#)?;
     let end = rest.iter().position(|b| !b.is_ascii_digit())?;
-    let delta_id: i64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    if end == 0 || end > 18 {
+        return None;
+    }
+    let delta_id = rest[..end].iter().fold(0i64, |v, &d| v * 10 + i64::from(d - b'0'));
     let rest = rest[end..].strip_prefix(br#","type":""#)?;
     let q = plain(rest)?;
-    let kind = std::str::from_utf8(&rest[..q]).ok()?;
+    let kind = &rest[..q];
     let rest = &rest[q..];
-    const CONTENT: &[u8] = br#","content":""#;
-    let content = match rest.windows(CONTENT.len()).position(|w| w == CONTENT) {
+    let content = match find(CONTENT, rest) {
         Some(i) => {
             let r = &rest[i + CONTENT.len()..];
-            let q = plain(r)?;
-            Some(Cow::Borrowed(std::str::from_utf8(&r[..q]).ok()?))
+            Some(&r[..plain(r)?])
         }
         None => None,
     };
-    Some(InDelta {
-        server_id: Cow::Borrowed(server_id),
+    Some(DeltaView {
+        server_id,
         delta_id,
-        kind: Cow::Borrowed(kind),
+        kind,
         content,
     })
+}
+
+/// The first `needle` in `hay`, a word (8 bytes) at a time: the tool's `memchr`.
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO.wrapping_mul(u64::from(needle));
+    let mut i = 0;
+    while i + 8 <= hay.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hay[i..i + 8]);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        // A zero byte in x is a match (the classic has-zero-byte test; exact for the lowest).
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&b| b == needle).map(|p| i + p)
+}
+
+/// The first `needle` (not empty) in `hay`.
+fn find(needle: &[u8], hay: &[u8]) -> Option<usize> {
+    let (&first, tail) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(p) = find_byte(first, &hay[from..]) {
+        let at = from + p;
+        if hay.get(at + 1..at + needle.len())? == tail {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 // ---- IRC lines -----------------------------------------------------------------------------
@@ -1379,16 +1496,52 @@ mod tests {
         let d = fast_delta(line).unwrap();
         let f: InFrame = serde_json::from_slice(line).unwrap();
         let s = f.data.unwrap().delta.unwrap();
-        assert_eq!(
-            (d.server_id, d.delta_id, d.kind, d.content),
-            (s.server_id, s.delta_id, s.kind, s.content)
-        );
+        assert_eq!(d, s.view());
+        assert_eq!(d.content, Some(&b"hello"[..]));
         let joined = br#"{"action":"PUBLISH_DELTA","data":{"delta":{"server_id":"5","delta_id":10,"type":"member_joined","user_id":"8","timestamp":"x"}}}"#;
         assert_eq!(fast_delta(joined).unwrap().content, None);
         // Escapes, other key orders and truncated lines go through serde.
         assert!(fast_delta(br#"{"action":"PUBLISH_DELTA","data":{"delta":{"server_id":"5","delta_id":9,"type":"message","content":"a\"b"}}}"#).is_none());
         assert!(fast_delta(br#"{"action":"PUBLISH_DELTA","data":{"delta":{"delta_id":9,"server_id":"5"}}}"#).is_none());
         assert!(fast_delta(&line[..line.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn paced_posts_carry_their_due_time() {
+        // 1,000 posts/s: post 0 is due at the start, post 250 a quarter second later.
+        assert_eq!(due_ns(5, 1000.0, 0), 5);
+        assert_eq!(due_ns(5, 1000.0, 250), 5 + 250_000_000);
+        // The pump only sends a post once it is due: allowed = floor(elapsed * rate) + 1.
+        let start = 1_000_000u64;
+        let now = start + 7_300_000; // 7.3 ms in at 1,000/s: posts 0..=7 may go
+        let allowed = ((now - start) as f64 / 1e9 * 1000.0) as u64 + 1;
+        assert_eq!(allowed, 8);
+        assert!(due_ns(start, 1000.0, allowed - 1) <= now);
+        assert!(due_ns(start, 1000.0, allowed) > now);
+    }
+
+    #[test]
+    fn byte_search_agrees_with_a_naive_scan() {
+        // Every position of the needle, in haystacks of every length up to a few words, with
+        // bytes that differ from the needle only in the high bit or by one (the has-zero-byte
+        // trick's false-positive cases).
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut hay: Vec<u8> = (0..len).map(|i| [b'"' ^ 0x80, b'"' + 1, b'a', 0][i % 4]).collect();
+                if at < len {
+                    hay[at] = b'"';
+                    if at + 3 < len {
+                        hay[at + 3] = b'"';
+                    }
+                }
+                let naive = hay.iter().position(|&b| b == b'"');
+                assert_eq!(find_byte(b'"', &hay), naive, "len {len} at {at}");
+            }
+        }
+        assert_eq!(find(b"ab", b"xaxabab"), Some(3));
+        assert_eq!(find(b"ab", b"xaxa"), None);
+        assert_eq!(find(b"abc", b"ab"), None);
+        assert_eq!(find(b"", b"ab"), None);
     }
 
     #[test]
