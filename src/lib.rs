@@ -20,6 +20,7 @@
 pub mod chat;
 pub mod config;
 pub mod conn;
+pub mod daemon;
 pub mod limits;
 pub mod protocol;
 pub mod server;
