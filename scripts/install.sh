@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs chimed as a systemd service.
 #
-#   scripts/install.sh [--prefix DIR] [--destdir DIR] [--no-build]
+#   scripts/install.sh [--prefix DIR] [--destdir DIR] [--no-build] [--yes]
 #
 # - builds the release binary (`cargo build --release --bin chimed`; --no-build uses the one in
 #   target/release) and installs it to PREFIX/bin (PREFIX: /usr/local);
@@ -16,28 +16,48 @@
 # - runs `systemctl daemon-reload` if systemd is running.
 #
 # DESTDIR (--destdir or the environment) stages everything under a directory instead, for
-# packaging or testing without root: no user is created, nothing is chown'd, systemctl is not run.
+# packaging or testing without root: no user is created, nothing is chown'd, systemctl is not
+# run, nothing outside DESTDIR is written (DESTDIR=/ is refused: that is a real install).
+#
+# A real install (no DESTDIR) changes the system, so it needs root and --yes; without --yes
+# it only says what it would do. Re-running it upgrades the binary and the unit, keeps the
+# config; restart the service afterwards (`systemctl restart chimed`).
 #
 #   DESTDIR=$(mktemp -d) scripts/install.sh        # try it
-#   sudo scripts/install.sh && sudo systemctl enable --now chimed
+#   sudo scripts/install.sh --yes && sudo systemctl enable --now chimed
 set -euo pipefail
 
 prefix=/usr/local
 destdir=${DESTDIR:-}
 build=1
+yes=0
 while [ $# -gt 0 ]; do
     case $1 in
     --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
     --prefix=*) prefix=${1#*=}; shift ;;
     --destdir) destdir=${2:?--destdir needs a directory}; shift 2 ;;
-    --destdir=*) destdir=${1#*=}; shift ;;
+    --destdir=*)
+        destdir=${1#*=}
+        [ -n "$destdir" ] || { echo "install.sh: --destdir= needs a directory" >&2; exit 2; }
+        shift ;;
     --no-build) build=0; shift ;;
+    --yes) yes=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 case $prefix in /*) ;; *) echo "install.sh: --prefix must be absolute" >&2; exit 2 ;; esac
-destdir=${destdir%/}
+# The prefix goes into sed expressions and the unit's ExecStart: plain path characters only.
+case $prefix in *[!A-Za-z0-9/._-]*) echo "install.sh: --prefix may hold only A-Z a-z 0-9 / . _ -" >&2; exit 2 ;; esac
+prefix=${prefix%/}
+if [ -n "$destdir" ]; then
+    # Absolute, normalised; `/` (or `//`, `/./`) would be the live system.
+    destdir=$(realpath -m -- "$destdir")
+    if [ "$destdir" = / ]; then
+        echo "install.sh: DESTDIR=/ is the live system; drop DESTDIR and pass --yes for a real install" >&2
+        exit 2
+    fi
+fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin_dir=$prefix/bin
@@ -48,9 +68,23 @@ user=chimed
 
 say() { echo "install.sh: $*"; }
 
-if [ -z "$destdir" ] && [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: installing to / needs root (or set DESTDIR/--destdir to stage it)" >&2
-    exit 1
+if [ -z "$destdir" ]; then
+    if [ "$yes" != 1 ]; then
+        cat >&2 <<EOF
+install.sh: a real install changes this system:
+  - installs $bin_dir/chimed (building it first unless --no-build)
+  - creates the system user and group '$user' if missing
+  - installs $unit_dir/chimed.service and runs 'systemctl daemon-reload'
+  - installs $conf_dir/chimed.toml (an existing one is kept)
+  - creates $state_dir (owned by $user, 0750)
+Run it again with --yes to do that, or with DESTDIR=DIR to stage it under DIR.
+EOF
+        exit 2
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install.sh: installing to / needs root (or set DESTDIR/--destdir to stage it)" >&2
+        exit 1
+    fi
 fi
 
 # 1. The binary.
@@ -120,7 +154,7 @@ say "state in $destdir$state_dir"
 # 6. systemd.
 if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    say "systemd reloaded; start with: systemctl enable --now chimed"
+    say "systemd reloaded; start with: systemctl enable --now chimed (if it runs: systemctl restart chimed)"
 else
     say "systemd not reloaded (DESTDIR set or systemd not running)"
 fi

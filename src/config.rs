@@ -34,6 +34,15 @@ pub struct Args {
     /// Global connection limit (0: derived from the open-files limit).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections per client address (IPv6: per /64); 0: no per-address limit.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds without a frame (PING counts) before a connection is closed; 0: never.
+    #[arg(long)]
+    pub idle_timeout_s: Option<u64>,
+    /// Seconds a new connection has to send its first frame (HTTP: its complete head).
+    #[arg(long)]
+    pub handshake_timeout_s: Option<u64>,
     /// Largest frame in bytes.
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
@@ -61,8 +70,45 @@ pub struct Config {
     pub rate_limits: bool,
     /// 0 = the open-files limit minus a reserve for storage and files.
     pub max_connections: usize,
-    /// 64: a household behind one NAT fits; a single host cannot take every slot.
+    /// 64: a household behind one NAT fits; a single host cannot take every slot. IPv6
+    /// addresses count per /64 (one host can pick any address in its /64). 0: no limit;
+    /// `rate_limits = false` lifts it too.
     pub max_connections_per_ip: usize,
+    /// 50 reads/s per connection (queries, SUBSCRIBE, SYNC, PING): no client needs more.
+    pub read_rate: f64,
+    /// 200 reads at once: a reconnect syncs every server and lists channels in one go.
+    pub read_burst: u32,
+    /// 10 writes/s per connection (posts, edits, typing, call signals): more than a
+    /// person types, enough for a bridge bot; `rate_limits = false` for load tests.
+    pub write_rate: f64,
+    /// 50 writes at once: a paste of short lines, a client flushing its offline queue.
+    pub write_burst: u32,
+    /// 0.5 logins/s per connection (REGISTER, LOGIN, AUTH): each may cost an Argon2 hash.
+    pub login_rate: f64,
+    /// 5 logins at once: a typo or two, then AUTH.
+    pub login_burst: u32,
+    /// 50: rejected requests a connection may collect within `flood_window_s` (refilling
+    /// evenly) before it is disconnected as a flooder.
+    pub flood_disconnect_after: u32,
+    /// 10 s: the window of `flood_disconnect_after`.
+    pub flood_window_s: u64,
+    /// 300 s: a connection that sends no frame for this long is closed (PING counts;
+    /// clients ping every 30-60 s). 0: never.
+    pub idle_timeout_s: u64,
+    /// 30 s: a new connection that sends nothing, or whose first line or HTTP request head
+    /// is not complete within this time, is closed (slowloris). Generous for `nc` by hand.
+    pub handshake_timeout_s: u64,
+    /// 20: failed logins (and failed AUTHs) from one address (IPv6: /64) before its
+    /// attempts are refused with `rate_limited`. Not reset by a success. 0: no address
+    /// throttle. Stays on with `rate_limits = false` (it only reacts to failures).
+    pub login_fail_ip_burst: u32,
+    /// 2 failures forgiven per minute per address.
+    pub login_fail_ip_per_min: f64,
+    /// 5 failed logins of one account before its delay starts: 1 s, then doubling.
+    pub login_fail_account_free: u32,
+    /// 60 s: cap of an account's delay; reset by a successful login. Low, so failing on
+    /// purpose cannot lock a victim out for long. 0: no account throttle.
+    pub login_fail_account_max_delay_s: u64,
     /// 1 MiB (SPEC §2).
     pub max_frame_bytes: usize,
     /// 1 MiB: past this a subscriber stops getting live deltas (and its input is not read).
@@ -109,6 +155,20 @@ impl Default for Config {
             rate_limits: true,
             max_connections: 0,
             max_connections_per_ip: 64,
+            read_rate: 50.0,
+            read_burst: 200,
+            write_rate: 10.0,
+            write_burst: 50,
+            login_rate: 0.5,
+            login_burst: 5,
+            flood_disconnect_after: 50,
+            flood_window_s: 10,
+            idle_timeout_s: 300,
+            handshake_timeout_s: 30,
+            login_fail_ip_burst: 20,
+            login_fail_ip_per_min: 2.0,
+            login_fail_account_free: 5,
+            login_fail_account_max_delay_s: 60,
             max_frame_bytes: 1 << 20,
             max_output_bytes: 1 << 20,
             slow_consumer_timeout_ms: 30_000,
@@ -178,6 +238,15 @@ impl Config {
         if let Some(v) = args.max_connections {
             cfg.max_connections = v;
         }
+        if let Some(v) = args.max_connections_per_ip {
+            cfg.max_connections_per_ip = v;
+        }
+        if let Some(v) = args.idle_timeout_s {
+            cfg.idle_timeout_s = v;
+        }
+        if let Some(v) = args.handshake_timeout_s {
+            cfg.handshake_timeout_s = v;
+        }
         if let Some(v) = args.max_frame_bytes {
             cfg.max_frame_bytes = v;
         }
@@ -208,11 +277,40 @@ impl Config {
         if self.job_queue == 0 || self.max_inflight_per_conn == 0 {
             return bad("job_queue and max_inflight_per_conn must be positive");
         }
+        for (name, rate) in [
+            ("read_rate", self.read_rate),
+            ("write_rate", self.write_rate),
+            ("login_rate", self.login_rate),
+            ("login_fail_ip_per_min", self.login_fail_ip_per_min),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::Invalid(format!("{name} must be a positive number")));
+            }
+        }
+        if self.read_burst == 0 || self.write_burst == 0 || self.login_burst == 0 {
+            return bad("read_burst, write_burst and login_burst must be at least 1");
+        }
+        if self.flood_disconnect_after == 0 || self.flood_window_s == 0 {
+            return bad("flood_disconnect_after and flood_window_s must be positive");
+        }
+        if self.handshake_timeout_s == 0 {
+            return bad("handshake_timeout_s must be at least 1");
+        }
         Ok(())
     }
 
     pub fn storage_timeout(&self) -> Duration {
         Duration::from_millis(self.storage_timeout_ms)
+    }
+
+    /// `idle_timeout_s` as a duration; `None` when idle connections are never closed.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_s > 0).then(|| Duration::from_secs(self.idle_timeout_s))
+    }
+
+    /// `handshake_timeout_s` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_s)
     }
 }
 
@@ -243,5 +341,44 @@ mod tests {
             ..Args::default()
         };
         assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn limit_flags_override_and_bad_limits_are_refused() {
+        let args = Args::try_parse_from([
+            "chimed",
+            "--max-connections-per-ip",
+            "3",
+            "--idle-timeout-s",
+            "0",
+            "--handshake-timeout-s",
+            "2",
+            "--rate-limits",
+            "off",
+        ])
+        .unwrap();
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.max_connections_per_ip, 3);
+        assert_eq!(cfg.idle_timeout(), None);
+        assert_eq!(cfg.handshake_timeout(), Duration::from_secs(2));
+        assert!(!cfg.rate_limits);
+        assert_eq!(Config::default().idle_timeout(), Some(Duration::from_secs(300)));
+
+        let invalid = |text: &str| -> bool {
+            let cfg: Config = toml::from_str(text).unwrap();
+            matches!(cfg.validate(), Err(ConfigError::Invalid(_)))
+        };
+        assert!(!invalid(""));
+        assert!(invalid("write_rate = 0.0"));
+        assert!(invalid("read_rate = -1.0"));
+        assert!(invalid("login_rate = nan"));
+        assert!(invalid("login_fail_ip_per_min = inf"));
+        assert!(invalid("read_burst = 0"));
+        assert!(invalid("flood_disconnect_after = 0"));
+        assert!(invalid("flood_window_s = 0"));
+        assert!(invalid("handshake_timeout_s = 0"));
+        assert!(!invalid(
+            "idle_timeout_s = 0\nmax_connections_per_ip = 0\nlogin_fail_ip_burst = 0"
+        ));
     }
 }

@@ -15,11 +15,16 @@
 //! # Layers
 //! `wire` cuts frames out of byte streams, `protocol` decodes and encodes them, `chat`
 //! gives actions their meaning (handlers on the loop, ops on the workers), `store` runs
-//! SQL on a backend. See docs/ARCHITECTURE.md for the life of a request.
+//! SQL on a backend. `limits` (admission, per-connection rate budgets, failed-login
+//! throttle) and `daemon` (open-files limit, sd_notify) are pure helpers: the clock and the
+//! addresses are passed in, and the loop and `main` apply what they decide. See
+//! docs/ARCHITECTURE.md for the life of a request.
 
 pub mod chat;
 pub mod config;
 pub mod conn;
+pub mod daemon;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 
 use chimed::config::{Args, Config};
+use chimed::daemon;
 use chimed::server::Server;
 
 fn main() -> ExitCode {
@@ -18,7 +19,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let nofile = raise_nofile_limit();
+    let nofile = match daemon::raise_nofile_limit() {
+        Ok((soft, hard)) => {
+            info!("open files limit: {soft} (hard limit {hard})");
+            soft
+        }
+        Err(e) => {
+            warn!("cannot read the open files limit ({e}); assuming 1024");
+            1024
+        }
+    };
     let max_conns = if cfg.max_connections > 0 {
         cfg.max_connections
     } else {
@@ -38,6 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // READY=1 for systemd (Type=notify): listening and storage migrated. A no-op without
+    // $NOTIFY_SOCKET.
+    if let Err(e) = daemon::ready().and_then(|_| daemon::status(&format!("listening on {}", server.local_addr()))) {
+        warn!("sd_notify: {e}");
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -45,29 +60,4 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Raises the soft open-files limit to the hard limit; returns the limit in force.
-fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    info!("open files limit: {}", lim.rlim_cur);
-    lim.rlim_cur
 }

@@ -9,7 +9,9 @@
 //!    parsing of src/config.rs, nothing added to src/;
 //! 3. the values it sets are the defaults (`Debug` of the parsed file equals `Debug` of
 //!    `Config::default()`), and the commented-out lines, uncommented, still parse;
-//! 4. every option has a comment line right above it.
+//! 4. every option has a comment line right above it;
+//! 5. every command-line flag (from clap's own definition of `Args`) is named in the
+//!    file's header, and each flag named there exists.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -166,4 +168,37 @@ fn every_option_has_a_comment() {
         let above_is_comment = above.starts_with('#') && !keys(above).1.contains(k);
         assert!(above_is_comment, "`{k}` (line {}) has no comment line above it", i + 1);
     }
+}
+
+#[test]
+fn header_names_every_flag() {
+    use clap::CommandFactory;
+    let text = example();
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let flags: BTreeSet<String> = Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "help" | "version"))
+        .map(|l| format!("--{l}"))
+        .collect();
+    assert!(flags.contains("--rate-limits"), "{flags:?}");
+    let named: BTreeSet<String> = header
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(String::from)
+        .collect();
+    let missing: Vec<_> = flags.difference(&named).collect();
+    let unknown: Vec<_> = named.difference(&flags).collect();
+    assert!(
+        missing.is_empty(),
+        "flags not named in the header of chimed.example.toml: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "the header names flags chimed does not have: {unknown:?}"
+    );
 }

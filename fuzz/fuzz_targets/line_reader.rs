@@ -13,12 +13,10 @@
 //! the frames (and the error, and the bytes left pending) are exactly those of a reference
 //! model of SPEC §2 (one frame per `\n`, one `\r` before it dropped, blank lines skipped,
 //! a line over the limit an error) — so no byte is lost, duplicated or reordered, and the
-//! chunking never changes the result.
-//!
-//! Known quirk (tolerated unless built with `--features strict-cr`): a frame of exactly `max`
-//! bytes whose `\r` ends one read and whose `\n` starts the next is refused as too large,
-//! because the partial-line check counts the `\r`. Byte-exact repro in
-//! tests/proptest_roundtrip.rs (`regression_cr_at_limit_split_before_lf`).
+//! chunking never changes the result. In particular a frame of exactly `max` bytes whose
+//! `\r` ends one read and whose `\n` starts the next is a frame, not an error (once a
+//! quirk; pinned by tests/proptest_roundtrip.rs `regression_cr_at_limit_split_before_lf`
+//! and the seed `cr_at_limit_split_before_lf`).
 #![no_main]
 
 use chimed::wire::line::{FrameError, LineReader};
@@ -139,22 +137,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.pending(), want.end.unwrap());
         }
         Some(e) => {
-            if got.len() == want.frames.len() && want.end.is_err() {
-                assert_eq!(Err(e), want.end);
-                return;
-            }
-            // The reader refused early. Only the known quirk may do that: the pending
-            // partial line is `max` bytes plus a `\r` whose `\n` has not arrived yet.
-            let quirk = r.pending() == max + 1 && payload[..fed].ends_with(b"\r");
-            if cfg!(feature = "strict-cr") || !quirk {
-                panic!(
-                    "reader said {e:?} after {} frames (pending {}, fed {fed}), model: {} frames then {:?}",
-                    got.len(),
-                    r.pending(),
-                    want.frames.len(),
-                    want.end
-                );
-            }
+            // The reader refused, so the model must refuse at the same frame: not earlier
+            // (no frame of the model may be missing) and with the same error.
+            assert!(
+                got.len() == want.frames.len() && want.end == Err(e),
+                "reader said {e:?} after {} frames (pending {}, fed {fed}), model: {} frames then {:?}",
+                got.len(),
+                r.pending(),
+                want.frames.len(),
+                want.end
+            );
         }
     }
 });
