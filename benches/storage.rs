@@ -21,6 +21,7 @@ fn settings() -> Settings {
         token_ttl_ms: 3_600_000,
         partition_size: 10_000,
         max_batch: 1000,
+        files_dir: std::env::temp_dir().join("chimed-bench-files"),
     }
 }
 

@@ -24,10 +24,13 @@ pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+pub mod files;
 pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod time;
 pub mod token;
 pub mod wire;

@@ -155,6 +155,11 @@ impl Pool {
         waker: Arc<mio::Waker>,
         test_delay: Duration,
     ) -> Result<Pool, store::StoreError> {
+        // Before any worker runs: no upload is in progress, so every temp file is a leftover.
+        crate::files::prepare_dir(&settings.files_dir).map_err(|e| {
+            store::StoreError::Internal(format!("files directory {}: {e}", settings.files_dir.display()))
+        })?;
+        let (storage_timeout, max_batch) = (settings.storage_timeout, settings.max_batch);
         let (read_tx, read_rx) = bounded::<Job>(queue);
         let (write_tx, write_rx) = bounded::<Job>(queue);
         let (done_tx, done_rx) = unbounded();
@@ -170,7 +175,7 @@ impl Pool {
         });
         let mut handles = Vec::new();
         for i in 0..workers.saturating_sub(1).max(1) {
-            let db = store::open(url, settings.storage_timeout)?;
+            let db = store::open(url, storage_timeout)?;
             let (rx, wtx, sh) = (read_rx.clone(), write_tx.clone(), shared.clone());
             let h = std::thread::Builder::new()
                 .name(format!("chimed-read-{i}"))
@@ -178,9 +183,8 @@ impl Pool {
                 .map_err(|e| store::StoreError::Internal(e.to_string()))?;
             handles.push(h);
         }
-        let db = store::open(url, settings.storage_timeout)?;
+        let db = store::open(url, storage_timeout)?;
         let sh = shared.clone();
-        let max_batch = settings.max_batch;
         let h = std::thread::Builder::new()
             .name("chimed-writer".into())
             .spawn(move || writer(db, write_rx, sh, max_batch))
@@ -244,7 +248,7 @@ fn reader(mut db: Box<dyn Db>, rx: Receiver<Job>, write_tx: Sender<Job>, sh: Arc
         match ops::run_read(db.as_mut(), &sh.settings, job.op) {
             Ok(Step::Done(data, effect)) => sh.answer(job.origin, Ok((data, effect)), Vec::new()),
             Ok(Step::Write(op)) => {
-                // The write half of REGISTER/LOGIN: still counted as one queued job.
+                // The write half of REGISTER/LOGIN or of an upload: still one queued job.
                 let next = Job {
                     origin: job.origin,
                     op,

@@ -510,6 +510,7 @@ impl Chat {
                 token_ttl_ms: 3_600_000,
                 partition_size: 2,
                 max_batch: 64,
+                files_dir: std::env::temp_dir().join("chimed-mysql-backend-files"),
             },
             w: Default::default(),
             transcript: Vec::new(),
@@ -522,7 +523,8 @@ impl Chat {
         db.begin().unwrap();
         db.execute("SAVEPOINT job", &[]).unwrap();
         let mut deltas = Vec::new();
-        let r = chimed::chat::ops::run_write(db, &self.s, &mut self.w, op.clone(), &mut deltas);
+        let label = format!("{op:?}");
+        let r = chimed::chat::ops::run_write(db, &self.s, &mut self.w, op, &mut deltas);
         if r.is_ok() {
             db.execute("RELEASE SAVEPOINT job", &[]).unwrap();
         } else {
@@ -531,12 +533,14 @@ impl Chat {
         }
         db.commit().unwrap();
         let ids: Vec<i64> = deltas.iter().map(|d| d.delta_id).collect();
-        self.record(&op, r.map(|(data, _)| data), format!(" deltas={ids:?}"))
+        self.record(&label, r.map(|(data, _)| data), format!(" deltas={ids:?}"))
     }
 
     fn read(&mut self, op: chimed::chat::ops::Op) -> Option<Data> {
         use chimed::chat::ops::Step;
-        match chimed::chat::ops::run_read(self.db.as_mut(), &self.s, op.clone()) {
+        // Ops are not Clone (file ops own open files): keep their Debug text for the transcript.
+        let label = format!("{op:?}");
+        match chimed::chat::ops::run_read(self.db.as_mut(), &self.s, op) {
             Ok(Step::Write(next)) => self.write(next),
             Ok(Step::Done(data, effect)) => {
                 let extra = match effect {
@@ -546,19 +550,14 @@ impl Chat {
                     }
                     _ => String::new(),
                 };
-                self.record(&op, Ok(data), extra)
+                self.record(&label, Ok(data), extra)
             }
-            Err(e) => self.record(&op, Err(e), String::new()),
+            Err(e) => self.record(&label, Err(e), String::new()),
         }
     }
 
-    fn record(
-        &mut self,
-        op: &chimed::chat::ops::Op,
-        r: Result<Data, chimed::chat::ops::OpError>,
-        extra: String,
-    ) -> Option<Data> {
-        let name = format!("{op:?}").split([' ', '{']).next().unwrap().to_string();
+    fn record(&mut self, op: &str, r: Result<Data, chimed::chat::ops::OpError>, extra: String) -> Option<Data> {
+        let name = op.split([' ', '{']).next().unwrap().to_string();
         match r {
             Ok(data) => {
                 self.transcript.push(format!(

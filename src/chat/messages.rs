@@ -188,3 +188,91 @@ pub fn get(
     messages.reverse();
     Ok(obj([("messages", Value::Array(messages)), ("has_more", more.into())]))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::chat::ops::{Effect, Op};
+    use crate::protocol::ErrorCode;
+    use crate::testkit::{id, Kit};
+
+    fn record(k: &mut Kit, user: i64, server_id: i64, channel_id: i64, name: &str) -> i64 {
+        let d = k.ok(Op::RecordFile {
+            user,
+            server_id,
+            channel_id,
+            name: name.into(),
+            content_type: "image/png".into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+        });
+        id(&d, "file_id")
+    }
+
+    #[test]
+    fn attachments_resolve_recorded_files_of_the_same_server_only() {
+        let mut k = Kit::new("msg_attach");
+        let ann = k.user("ann");
+        let bob = k.user("bob");
+        let (server_id, channel) = k.server(ann);
+        let (other_server, other_channel) = k.server(bob);
+        let a = record(&mut k, ann, server_id, channel, "a.png");
+        let b = record(&mut k, ann, server_id, channel, "b.png");
+        let foreign = record(&mut k, bob, other_server, other_channel, "c.png");
+        let meta = |f: i64, name: &str| {
+            json!({"file_id": f.to_string(), "name": name, "content_type": "image/png", "size": 3,
+                   "sha256": "ab".repeat(32), "download_url": format!("/api/files/download/{f}")})
+        };
+
+        let post = Op::PostMessage {
+            user: ann,
+            channel_id: channel,
+            content: String::new(),
+            attachments: vec![b, a],
+            client_msg_id: None,
+        };
+        let reply = k.ok(post);
+        let delta_id = reply["delta_id"].as_i64().unwrap();
+        let sync = k.ok(Op::Sync {
+            user: ann,
+            server_id,
+            after: delta_id - 1,
+            limit: 10,
+        });
+        let delta = &sync["missing_deltas"][0];
+        assert_eq!(delta["type"], "message");
+        assert_eq!(delta["attachments"], json!([meta(b, "b.png"), meta(a, "a.png")]));
+        let got = k.ok(Op::GetMessages {
+            user: ann,
+            channel_id: channel,
+            before: None,
+            limit: 10,
+        });
+        assert_eq!(got["messages"][0]["attachments"], delta["attachments"]);
+
+        // A file of another server is refused, even mixed with a good one; nothing is written.
+        let before = k.count("SELECT COUNT(*) FROM messages");
+        for attachments in [vec![foreign], vec![a, foreign], vec![a + foreign]] {
+            let r = k.exec(Op::PostMessage {
+                user: ann,
+                channel_id: channel,
+                content: "see".into(),
+                attachments,
+                client_msg_id: None,
+            });
+            assert!(matches!(r, Err(ref e) if e.code == ErrorCode::NotFound), "{r:?}");
+        }
+        assert_eq!(k.count("SELECT COUNT(*) FROM messages"), before);
+        assert_eq!(k.count("SELECT COUNT(*) FROM attachments"), 2);
+        // Bob, who uploaded it, can attach it where it belongs.
+        let r = k.exec(Op::PostMessage {
+            user: bob,
+            channel_id: other_channel,
+            content: String::new(),
+            attachments: vec![foreign],
+            client_msg_id: None,
+        });
+        assert!(matches!(r, Ok((_, Effect::None))), "{r:?}");
+    }
+}

@@ -7,6 +7,7 @@
 //! [`Effect`]: the change the loop must make to its own state once the answer arrives.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -16,21 +17,28 @@ use super::delta::Delta;
 use super::log::{self, Page};
 use super::roles::{self, Role};
 use super::{messages, servers};
+use crate::files::{self, Download, Upload};
 use crate::protocol::ApiError;
 use crate::store::{Db, RowExt, StoreError, Val};
 
 /// Worker-side settings (a copy of the relevant config).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub storage_timeout: Duration,
     pub token_ttl_ms: i64,
     pub partition_size: i64,
     pub max_batch: usize,
+    /// The content-addressed file store (`crate::files`).
+    pub files_dir: PathBuf,
 }
 
 /// Every storage operation. Read ops run on readers, write ops on the writer. `user` is
 /// always the caller's user id, from the connection's session.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: the file ops own an open file ([`Upload`], [`Download`]) that travels
+/// loop -> worker -> loop, one hop at a time. An op that fails or is dropped consumes its
+/// upload (the temp file goes with it); a download just closes.
+#[derive(Debug)]
 pub enum Op {
     /// `GET /healthz`: one round trip to storage.
     Health,
@@ -189,6 +197,66 @@ pub enum Op {
         call_id: String,
         payload: Value,
     },
+    // files (SPEC §6): every step of an upload or download is one read job
+    /// Checks the caller may post in the channel and opens a temp file:
+    /// `Effect::Upload`, data `{}`.
+    UploadBegin {
+        user: i64,
+        channel_id: i64,
+        name: String,
+        content_type: String,
+    },
+    /// Appends and hashes a chunk: `Effect::Upload`, or `too_large` past
+    /// [`files::MAX_UPLOAD_BYTES`].
+    UploadWrite {
+        upload: Box<Upload>,
+        bytes: Vec<u8>,
+    },
+    /// Stores the blob durably and hands on to the writer ([`Op::RecordFile`]); data
+    /// `{file_id, size, sha256, name, content_type, download_url}`.
+    UploadFinish {
+        upload: Box<Upload>,
+    },
+    /// Removes the temp file; data `{}`.
+    UploadAbort {
+        upload: Box<Upload>,
+    },
+    /// The write half of an upload: inserts the `files` row (made by `UploadFinish`).
+    RecordFile {
+        user: i64,
+        server_id: i64,
+        channel_id: i64,
+        name: String,
+        content_type: String,
+        size: i64,
+        sha256: String,
+    },
+    /// Member check and open blob: `Effect::Download`, data
+    /// `{file_id, size, name, content_type, sha256}`.
+    DownloadOpen {
+        user: i64,
+        file_id: i64,
+    },
+    /// Up to `len` bytes at `offset` (fewer only at the end): `Effect::FileChunk`.
+    FileRead {
+        download: Box<Download>,
+        offset: u64,
+        len: usize,
+    },
+    // backup (SPEC §5)
+    /// Member check and starting point: `Effect::Backup`, data
+    /// `{server_id, from_partition, server_delta_id}`.
+    BackupBegin {
+        user: i64,
+        server_id: i64,
+        from_partition: Option<i64>,
+    },
+    /// The next NDJSON page after delta `after`: `Effect::BackupPage`.
+    BackupPage {
+        server_id: i64,
+        after: i64,
+        limit: usize,
+    },
 }
 
 impl Op {
@@ -233,12 +301,13 @@ impl Op {
                 | Op::PostMessage { .. }
                 | Op::EditMessage { .. }
                 | Op::DeleteMessage { .. }
+                | Op::RecordFile { .. }
         )
     }
 }
 
 /// What the loop must change in its state when the answer arrives.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Effect {
     None,
     /// The job failed; nothing changes.
@@ -274,6 +343,29 @@ pub enum Effect {
     Signal {
         to_user: i64,
         frame: std::sync::Arc<[u8]>,
+    },
+    /// The upload goes on: send its next chunk with `Op::UploadWrite`, or finish or
+    /// abort it. Dropping it removes the temp file.
+    Upload(Box<Upload>),
+    /// The blob is open: stream it with `Op::FileRead`.
+    Download(Box<Download>),
+    /// The next bytes of a download; fewer than asked only at the end of the file.
+    FileChunk {
+        download: Box<Download>,
+        bytes: Vec<u8>,
+    },
+    /// A backup was authorized: stream it with `Op::BackupPage` from `after`.
+    Backup {
+        server_id: i64,
+        after: i64,
+    },
+    /// NDJSON lines of a backup: deltas up to `last` (`count` of them, header lines not
+    /// counted); `done` when no delta followed `last` at the time of the read.
+    BackupPage {
+        bytes: Vec<u8>,
+        last: i64,
+        count: usize,
+        done: bool,
     },
 }
 
@@ -428,7 +520,7 @@ fn done(data: Map<String, Value>) -> OpResult<Step> {
     Ok(Step::Done(data, Effect::None))
 }
 
-pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
+pub fn run_read(db: &mut dyn Db, s: &Settings, op: Op) -> OpResult<Step> {
     match op {
         Op::Health => {
             db.query_row("SELECT 1", &[])?;
@@ -524,6 +616,30 @@ pub fn run_read(db: &mut dyn Db, _s: &Settings, op: Op) -> OpResult<Step> {
             let frame = crate::protocol::encode_push("CALL_SIGNAL", &data).into();
             Ok(Step::Done(Map::new(), Effect::Signal { to_user, frame }))
         }
+        Op::UploadBegin {
+            user,
+            channel_id,
+            name,
+            content_type,
+        } => files::begin(db, s, user, channel_id, name, content_type),
+        Op::UploadWrite { upload, bytes } => files::write(upload, &bytes),
+        Op::UploadFinish { upload } => files::finish(s, upload),
+        Op::UploadAbort { upload } => {
+            drop(upload);
+            done(Map::new())
+        }
+        Op::DownloadOpen { user, file_id } => files::open(db, s, user, file_id),
+        Op::FileRead { download, offset, len } => files::read(download, offset, len),
+        Op::BackupBegin {
+            user,
+            server_id,
+            from_partition,
+        } => log::backup_begin(db, user, server_id, from_partition),
+        Op::BackupPage {
+            server_id,
+            after,
+            limit,
+        } => log::backup_page(db, server_id, after, limit),
         other => Err(ApiError::internal(format!("not a read op: {other:?}")).into()),
     }
 }
@@ -653,6 +769,27 @@ pub fn run_write(
             content,
         } => messages::edit(&mut tx, user, message_id, content)?,
         Op::DeleteMessage { user, message_id } => messages::delete(&mut tx, user, message_id)?,
+        Op::RecordFile {
+            user,
+            server_id,
+            channel_id,
+            name,
+            content_type,
+            size,
+            sha256,
+        } => files::record(
+            tx.db,
+            tx.w,
+            files::NewFile {
+                user,
+                server_id,
+                channel_id,
+                name,
+                content_type,
+                size,
+                sha256,
+            },
+        )?,
         other => return Err(ApiError::internal(format!("not a write op: {other:?}")).into()),
     };
     Ok((data, Effect::None))

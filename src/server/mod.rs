@@ -145,6 +145,7 @@ impl Server {
             token_ttl_ms: (cfg.token_ttl_s as i64).saturating_mul(1000),
             partition_size: cfg.partition_size as i64,
             max_batch: cfg.max_batch,
+            files_dir: cfg.files_dir.clone(),
         };
         let pool = Pool::start(
             &cfg.db,
@@ -723,6 +724,12 @@ impl Server {
                     }
                 }
             }
+            // Files and backups stream over HTTP, which this loop does not serve yet; dropping an upload removes its temp file.
+            Effect::Upload(_)
+            | Effect::Download(_)
+            | Effect::FileChunk { .. }
+            | Effect::Backup { .. }
+            | Effect::BackupPage { .. } => {}
         }
         if live {
             if let (Some(seq), Some(conn)) = (origin.seq, self.conns.get_mut(key)) {
