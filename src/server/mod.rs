@@ -45,6 +45,10 @@ const READ_BUDGET: usize = 256 * 1024;
 const WRITE_BUDGET: usize = 256 * 1024;
 /// Worker completions handled per turn; the rest wait for the next turn.
 const COMPLETIONS_PER_TURN: usize = 8192;
+/// Listen backlog asked for (the kernel caps it at net.core.somaxconn). mio's own bind asks
+/// for 128, like std: a burst of connects past that while the loop is busy overflows the
+/// accept queue, and each dropped SYN costs its client a 1 s retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
 /// How long a closing connection may take to read our last frame.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long to stop accepting after EMFILE, so a full fd table does not spin the loop.
@@ -134,7 +138,7 @@ impl Server {
             .parse()
             .map_err(|e| StartError::Bind(cfg.listen.clone(), io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+        let mut listener = bind_listener(addr).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -1007,6 +1011,17 @@ impl Server {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// A non-blocking listener with SO_REUSEADDR (as mio's bind) and a [`LISTEN_BACKLOG`] backlog.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(sock.into()))
 }
 
 fn redact(url: &str) -> String {
