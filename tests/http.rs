@@ -37,7 +37,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     }
     let r = h.get("/healthz", None);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["data"]["storage"], "up");
+    assert_eq!(r.json()["storage"], "up");
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(r3.json()["action"], "PING_RESPONSE");
     let r4 = h.response();
     assert_eq!(r4.status, 200);
-    assert_eq!(r4.json()["data"]["storage"], "up");
+    assert_eq!(r4.json()["storage"], "up");
 }
 
 #[test]

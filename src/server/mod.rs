@@ -95,6 +95,8 @@ pub struct Server {
     fetches: Vec<Fetch>,
     pub counters: Counters,
     metrics: metrics::Metrics,
+    /// HTTP backups waiting for their history budget to refill: (key, generation).
+    backup_waits: Vec<(usize, u64)>,
 }
 
 /// Why the server could not start.
@@ -186,6 +188,7 @@ impl Server {
             fetches: Vec::new(),
             counters: Counters::default(),
             metrics: metrics::Metrics::default(),
+            backup_waits: Vec::new(),
         })
     }
 
@@ -473,9 +476,8 @@ impl Server {
                 self.reply_now(key, protocol::encode_success(action.name(), id.as_ref(), &data));
             }
             Outcome::Job(op) => {
-                if let (Op::Restore { user, limit, .. }, true) = (&op, self.cfg.rate_limits) {
-                    let load = self.pool.in_flight() as f64 / self.cfg.job_queue as f64;
-                    if let Err(ms) = self.history.charge(*user, *limit as f64, Instant::now(), load) {
+                if let Op::Restore { user, limit, .. } = &op {
+                    if let Err(ms) = self.charge_history(*user, *limit) {
                         let err = ApiError::rate_limited(ms);
                         return self.reply_now(key, protocol::encode_error(Some(action.name()), id.as_ref(), &err));
                     }
@@ -728,12 +730,10 @@ impl Server {
                     }
                 }
             }
-            // Files and backups stream over HTTP, which this loop does not serve yet; dropping an upload removes its temp file.
-            Effect::Upload(_)
-            | Effect::Download(_)
-            | Effect::FileChunk { .. }
-            | Effect::Backup { .. }
-            | Effect::BackupPage { .. } => {}
+            // Only HTTP connections ask for these (`http_effect` took them); for a connection
+            // that is gone, dropping an upload removes its temp file.
+            Effect::Upload(upload) => self.submit_internal(Op::UploadAbort { upload }),
+            Effect::Download(_) | Effect::FileChunk { .. } | Effect::Backup { .. } | Effect::BackupPage { .. } => {}
         }
         if live {
             if let (Some(seq), Some(conn)) = (origin.seq, self.conns.get_mut(key)) {
@@ -874,6 +874,10 @@ impl Server {
             };
             conn.dirty = false;
             let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
+            if result.is_ok() && matches!(&conn.framing, Framing::Http(h) if h.streaming()) {
+                self.http_pump(key); // room for the next piece of a download or backup
+            }
+            let Some(conn) = self.conns.get_mut(key) else { continue };
             let mut notified = false;
             if result.is_ok() && (!conn.subs.is_empty() || conn.lagged_since.is_some()) {
                 notified =
@@ -941,6 +945,7 @@ impl Server {
             self.leave_voice(key);
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
+                self.http_reap(&mut conn);
             }
         }
     }
@@ -959,6 +964,7 @@ impl Server {
         }
         self.next_sweep = now + SWEEP_EVERY;
         self.history.sweep(now);
+        self.http_resume_backups(now);
         // Lingering closes whose peer never sent EOF, and slow consumers that never drained.
         let slow = Duration::from_millis(self.cfg.slow_consumer_timeout_ms);
         let expired: Vec<usize> = self

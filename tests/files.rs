@@ -1,0 +1,392 @@
+//! Files over HTTP (SPEC §6) and the backup stream (SPEC §5), against a real server:
+//! a 100 MiB upload and download, byte-identical, while another connection's PING keeps
+//! answering; the 100 MiB limit (413, nothing kept); membership; ranges; attachments in
+//! deltas; NDJSON backups by partition.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{success, Client, TestServer};
+use http::Http;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+
+struct Owner {
+    client: Client,
+    token: String,
+    server_id: String,
+    channel_id: String,
+}
+
+fn owner(server: &TestServer) -> Owner {
+    let mut client = server.client();
+    let (_, token) = client.register(&common::unique("files"));
+    let created = client.request("CREATE_SERVER", json!({"name": "files"}));
+    let d = success(&created, "CREATE_SERVER");
+    Owner {
+        server_id: d["server_id"].as_str().unwrap().to_string(),
+        channel_id: d["channel_id"].as_str().unwrap().to_string(),
+        client,
+        token,
+    }
+}
+
+/// Deterministic bytes that do not compress or repeat in an obvious way.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn upload_head(o: &Owner, name: &str, len: usize) -> String {
+    format!(
+        "POST /api/files/upload/?channel_id={}&name={name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+        o.channel_id, o.token
+    )
+}
+
+fn upload(server: &TestServer, o: &Owner, name: &str, data: &[u8]) -> Value {
+    let mut h = Http::connect(server.addr());
+    h.send(upload_head(o, name, data.len()).as_bytes());
+    h.send(data);
+    let r = h.response();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Every file under the store, temp files included.
+fn stored_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+#[test]
+fn hundred_mib_round_trip_while_ping_keeps_answering() {
+    let server = TestServer::start();
+    let o = owner(&server);
+    let data = bytes(100 * MIB, 7);
+    let want_sha = hex(&Sha256::digest(&data));
+
+    let addr = server.addr();
+    let head = upload_head(&o, "big.bin", data.len());
+    let up = std::thread::spawn({
+        let data = data.clone();
+        move || {
+            let mut h = Http::connect(addr);
+            h.send(head.as_bytes());
+            for piece in data.chunks(MIB) {
+                h.stream.write_all(piece).expect("upload body");
+            }
+            h.response()
+        }
+    });
+    // PING on another connection while the upload streams.
+    let mut pinger = server.client();
+    let mut worst = Duration::ZERO;
+    while !up.is_finished() {
+        worst = worst.max(common::ping_within(&mut pinger, Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = up.join().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let meta = r.json();
+    assert_eq!(meta["status"], "success");
+    assert_eq!(meta["size"], 100 * MIB as u64);
+    assert_eq!(meta["sha256"], want_sha.as_str());
+    let url = meta["download_url"].as_str().unwrap().to_string();
+
+    // Download while pinging, too.
+    let token = o.token.clone();
+    let down = std::thread::spawn(move || {
+        let mut h = Http::connect(addr);
+        let r = h.get(&url, Some(&token));
+        (r.status, r.header("content-length").map(str::to_string), r.body)
+    });
+    while !down.is_finished() {
+        worst = worst.max(common::ping_within(&mut pinger, Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, len, body) = down.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(len.as_deref(), Some("104857600"));
+    assert!(body == data, "downloaded bytes differ from the upload");
+    assert!(worst < Duration::from_secs(1), "PING took {worst:?}");
+}
+
+#[test]
+fn over_the_limit_is_413_and_keeps_nothing() {
+    let server = TestServer::start();
+    let o = owner(&server);
+    let files = server.dir().join("files");
+    let before = stored_files(&files);
+
+    // Declared too large: refused before a byte of body is read.
+    let mut h = Http::connect(server.addr());
+    h.send(upload_head(&o, "x", 100 * MIB + 1).as_bytes());
+    let r = h.response();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["code"], "too_large");
+
+    // Chunked, so the size shows only as it streams: 100 MiB + 1 byte.
+    let mut h = Http::connect(server.addr());
+    h.send(
+        format!(
+            "POST /api/files/upload/?channel_id={}&name=y HTTP/1.1\r\nAuthorization: Bearer {}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            o.channel_id, o.token
+        )
+        .as_bytes(),
+    );
+    let piece = vec![b'z'; MIB];
+    for i in 0..=100 {
+        let data: &[u8] = if i == 100 { b"!" } else { &piece };
+        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(b"\r\n");
+        if h.stream.write_all(&chunk).is_err() {
+            break; // the server answered and closed
+        }
+    }
+    let _ = h.stream.write_all(b"0\r\n\r\n");
+    let r = h.response();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // Nothing kept: no new blob, no temp file (removal runs on a worker: allow it a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = stored_files(&files);
+        if now == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "files left behind: {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Exactly 100 MiB is accepted (the round-trip test); other clients are unaffected.
+    common::ping(&mut server.client());
+}
+
+#[test]
+fn membership_ranges_head_and_errors() {
+    let server = TestServer::start();
+    let o = owner(&server);
+    let data = bytes(300_000, 3);
+    let meta = upload(&server, &o, "r%C3%A9sum%C3%A9.pdf", &data);
+    assert_eq!(meta["name"], "résumé.pdf");
+    let url = meta["download_url"].as_str().unwrap().to_string();
+
+    let mut h = Http::connect(server.addr());
+    // No token: 401. A stranger: 404 (the file's existence is not revealed).
+    assert_eq!(h.get(&url, None).status, 401);
+    let mut stranger = server.client();
+    let (_, stranger_token) = stranger.register(&common::unique("stranger"));
+    let r = h.get(&url, Some(&stranger_token));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "not_found");
+    // A stranger cannot upload into the channel either.
+    let mut u = Http::connect(server.addr());
+    u.send(
+        format!(
+            "POST /api/files/upload/?channel_id={}&name=n HTTP/1.1\r\nAuthorization: Bearer {stranger_token}\r\n\
+             Content-Length: 3\r\n\r\nabc",
+            o.channel_id
+        )
+        .as_bytes(),
+    );
+    assert_eq!(u.response().status, 403);
+
+    // The whole file, with its headers.
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, data);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .contains("filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+
+    // A range, an open-ended range, a suffix, an unsatisfiable one.
+    for (range, start, end) in [
+        ("bytes=10-19", 10, 20),
+        ("bytes=299990-", 299_990, 300_000),
+        ("bytes=-5", 299_995, 300_000),
+    ] {
+        h.send(
+            format!(
+                "GET {url} HTTP/1.1\r\nAuthorization: Bearer {}\r\nRange: {range}\r\n\r\n",
+                o.token
+            )
+            .as_bytes(),
+        );
+        let r = h.response();
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.body, &data[start..end], "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {start}-{}/300000", end - 1).as_str())
+        );
+    }
+    h.send(
+        format!(
+            "GET {url} HTTP/1.1\r\nAuthorization: Bearer {}\r\nRange: bytes=400000-\r\n\r\n",
+            o.token
+        )
+        .as_bytes(),
+    );
+    let r = h.response();
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */300000"));
+
+    // HEAD: the headers only, and the connection goes on.
+    h.send(format!("HEAD {url} HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n", o.token).as_bytes());
+    let r = h.response_with(true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("300000"));
+    assert_eq!(h.post("/api/ping/", None, "").status, 200);
+
+    // Unknown file, missing channel_id.
+    assert_eq!(h.get("/api/files/download/999999", Some(&o.token)).status, 404);
+    let r = h.post("/api/files/upload/?name=x", Some(&o.token), "");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn chunked_upload_and_attachments_resolve_in_deltas() {
+    let server = TestServer::start();
+    let mut o = owner(&server);
+    success(
+        &o.client.request("SUBSCRIBE", json!({"server_id": o.server_id})),
+        "SUBSCRIBE",
+    );
+
+    let mut h = Http::connect(server.addr());
+    h.send(
+        format!(
+            "POST /api/files/upload/?channel_id={}&name=cat.png HTTP/1.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: image/png\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+            o.channel_id, o.token
+        )
+        .as_bytes(),
+    );
+    let cont = h.response();
+    assert_eq!(cont.status, 100);
+    h.send(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = h.response();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let meta = r.json();
+    assert_eq!(meta["size"], 11);
+    assert_eq!(meta["content_type"], "image/png");
+    let file_id = meta["file_id"].as_str().unwrap().to_string();
+
+    let r = o.client.request(
+        "POST_MESSAGE",
+        json!({"channel_id": o.channel_id, "content": "look", "attachments": [file_id]}),
+    );
+    success(&r, "POST_MESSAGE");
+    let push = loop {
+        let f = o.client.recv();
+        if f["action"] == "PUBLISH_DELTA" && f["data"]["delta"]["type"] == "message" {
+            break f;
+        }
+    };
+    let att = &push["data"]["delta"]["attachments"][0];
+    assert_eq!(att["file_id"], file_id.as_str());
+    assert_eq!(att["name"], "cat.png");
+    assert_eq!(att["size"], 11);
+    assert_eq!(att["download_url"], meta["download_url"]);
+
+    let r = h.get(att["download_url"].as_str().unwrap(), Some(&o.token));
+    assert_eq!(r.body, b"hello world");
+    assert_eq!(r.header("content-type"), Some("image/png"));
+}
+
+#[test]
+fn backup_streams_the_log_as_ndjson_by_partition() {
+    let server = TestServer::start_with(&[], Some("partition_size = 10\n"));
+    let mut o = owner(&server);
+    for i in 0..25 {
+        let r = o.client.request(
+            "POST_MESSAGE",
+            json!({"channel_id": o.channel_id, "content": format!("m{i}")}),
+        );
+        success(&r, "POST_MESSAGE");
+    }
+    let head = success(
+        &o.client
+            .request("SYNC", json!({"server_id": o.server_id, "client_delta_id": 0})),
+        "SYNC",
+    )["server_delta_id"]
+        .as_i64()
+        .unwrap();
+
+    let mut h = Http::connect(server.addr());
+    let url = format!("/api/servers/{}/backup", o.server_id);
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let lines: Vec<Value> = r
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("NDJSON line"))
+        .collect();
+    let ids: Vec<i64> = lines.iter().filter_map(|l| l["delta_id"].as_i64()).collect();
+    assert_eq!(ids.len() as i64, head, "every delta, once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+    let partitions: Vec<i64> = lines.iter().filter_map(|l| l["partition"].as_i64()).collect();
+    assert!(partitions.len() >= 3, "a header per partition: {partitions:?}");
+    assert!(lines.iter().any(|l| l["content"] == "m24"));
+
+    // From a later partition: only its deltas and after.
+    let r = h.get(&format!("{url}?from_partition={}", partitions[1]), Some(&o.token));
+    assert_eq!(r.status, 200);
+    let later: Vec<Value> = r
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(later[0]["partition"], partitions[1]);
+    assert!(later.iter().filter(|l| l["delta_id"].is_i64()).count() < ids.len());
+
+    // A stranger may not.
+    let mut stranger = server.client();
+    let (_, t) = stranger.register(&common::unique("nosy"));
+    let r = h.get(&url, Some(&t));
+    assert!(r.status == 403 || r.status == 404, "{}", r.status);
+    // The connection is still good.
+    assert_eq!(h.post("/api/ping/", None, "").status, 200);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
