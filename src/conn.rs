@@ -255,6 +255,9 @@ pub struct Conn {
     pub subs: Vec<Sub>,
     /// Since when a live subscription has been held back for slow reading.
     pub lagged_since: Option<Instant>,
+    /// Since when queued output has not moved (the peer stopped reading): a stalled
+    /// download, WebSocket or line reader is cut after the slow-consumer timeout.
+    pub stalled_since: Option<Instant>,
     /// The voice channel this connection has joined.
     pub voice: Option<i64>,
 }
@@ -348,6 +351,7 @@ impl Conn {
             last_active: now,
             subs: Vec::new(),
             lagged_since: None,
+            stalled_since: None,
             voice: None,
         }
     }

@@ -390,3 +390,35 @@ fn backup_streams_the_log_as_ndjson_by_partition() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn a_download_whose_reader_stalls_is_cut_after_the_slow_consumer_timeout() {
+    let server = TestServer::start_with(&[], Some("slow_consumer_timeout_ms = 1000\n"));
+    let o = owner(&server);
+    let data = bytes(16 * MIB, 11);
+    let meta = upload(&server, &o, "stall.bin", &data);
+    let url = meta["download_url"].as_str().unwrap();
+
+    let mut h = Http::connect(server.addr());
+    h.send(format!("GET {url} HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n", o.token).as_bytes());
+    // Do not read: the server fills the socket buffers, then its output stops moving.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match std::io::Read::read(&mut h.stream, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false, // read timeout: still open
+        }
+    };
+    assert!(ended, "the stalled download was not cut");
+    assert!(
+        got.len() < data.len(),
+        "it got the whole file ({} bytes): it was not stalled",
+        got.len()
+    );
+    // Others are served meanwhile and after.
+    common::ping(&mut server.client());
+}

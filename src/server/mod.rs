@@ -873,7 +873,13 @@ impl Server {
                 continue;
             };
             conn.dirty = false;
+            let before = conn.out.len();
             let result = conn.out.flush(&mut conn.stream, WRITE_BUDGET);
+            if conn.out.len() < before || conn.out.is_empty() {
+                conn.stalled_since = None;
+            } else if conn.stalled_since.is_none() {
+                conn.stalled_since = Some(Instant::now());
+            }
             if result.is_ok() && matches!(&conn.framing, Framing::Http(h) if h.streaming()) {
                 self.http_pump(key); // room for the next piece of a download or backup
             }
@@ -973,6 +979,7 @@ impl Server {
             .filter(|(_, c)| {
                 matches!(c.phase, Phase::Draining(t) if t <= now)
                     || c.lagged_since.is_some_and(|t| now.duration_since(t) >= slow)
+                    || c.stalled_since.is_some_and(|t| now.duration_since(t) >= slow)
             })
             .map(|(k, _)| k)
             .collect();
