@@ -91,6 +91,11 @@ impl HttpConn {
         matches!(self.phase, HttpPhase::Waiting(_) | HttpPhase::Closed)
     }
 
+    /// Whether a request head has started arriving but is not complete (slowloris).
+    pub fn head_in_progress(&self) -> bool {
+        matches!(self.phase, HttpPhase::Head) && !self.inbuf.is_empty()
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, HttpPhase::Closed)
     }
