@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 
 use crate::chat::accounts::Session;
 use crate::chat::fanout::Sub;
+use crate::limits::{ConnLimits, RatePolicy};
 use crate::server::http::HttpConn;
 use crate::server::websocket::WsConn;
 use crate::wire::line::LineReader;
@@ -260,6 +261,17 @@ pub struct Conn {
     pub stalled_since: Option<Instant>,
     /// The voice channel this connection has joined.
     pub voice: Option<i64>,
+    /// When the connection was accepted (the handshake timeout counts from here).
+    pub opened: Instant,
+    /// A first complete frame (or HTTP request head) has arrived.
+    pub greeted: bool,
+    /// Since when an incomplete frame or HTTP request head has been buffered (the
+    /// slowloris timeout counts from here; `None` when nothing partial is waiting).
+    pub partial_since: Option<Instant>,
+    /// Request-rate budgets (`limits::ConnLimits`).
+    pub limits: ConnLimits,
+    /// The account a LOGIN in flight names (for the failed-login throttle).
+    pub login_attempt: Option<String>,
 }
 
 impl Conn {
@@ -332,6 +344,19 @@ impl Conn {
         }
     }
 
+    /// Whether an incomplete frame or HTTP request head is buffered, waiting on the
+    /// client (not on our own backpressure).
+    pub fn partial_input(&self, max_inflight: usize) -> bool {
+        if self.must_wait(max_inflight) {
+            return false;
+        }
+        match &self.framing {
+            Framing::Sniffing | Framing::Line => self.reader.pending() > 0,
+            Framing::Http(h) => h.head_in_progress(),
+            Framing::WebSocket(_) => false,
+        }
+    }
+
     pub fn new(stream: TcpStream, generation: u64, ip: IpAddr, now: Instant) -> Conn {
         Conn {
             stream,
@@ -353,6 +378,11 @@ impl Conn {
             lagged_since: None,
             stalled_since: None,
             voice: None,
+            opened: now,
+            greeted: false,
+            partial_since: None,
+            limits: ConnLimits::new(&RatePolicy::default()),
+            login_attempt: None,
         }
     }
 }

@@ -48,8 +48,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // READY=1 for systemd (Type=notify): listening and storage migrated. A no-op without
-    // $NOTIFY_SOCKET.
+    server.reload_from(args); // SIGHUP re-reads the config file and flags: new limits
+                              // READY=1 for systemd (Type=notify): listening and storage migrated. A no-op without
+                              // $NOTIFY_SOCKET.
     if let Err(e) = daemon::ready().and_then(|_| daemon::status(&format!("listening on {}", server.local_addr()))) {
         warn!("sd_notify: {e}");
     }

@@ -42,7 +42,8 @@ fn post_many(addr: std::net::SocketAddr, token: &str, channel_id: &str, total: u
 #[test]
 fn subscriber_fifty_thousand_behind_catches_up_with_bounded_memory() {
     const BEHIND: usize = 50_000;
-    let server = TestServer::start();
+    // A load test: 50,000 posts as fast as the server takes them.
+    let server = TestServer::start_with(&["--rate-limits", "off"], None);
     let addr = server.addr();
     let mut owner = Client::connect(addr);
     let (_, token) = owner.register(&common::unique("owner"));

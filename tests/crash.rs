@@ -14,7 +14,7 @@ fn acknowledged_posts_survive_sigkill() {
     const CONNS: usize = 4;
     const PER_CONN: usize = 400;
 
-    let mut server = TestServer::start();
+    let mut server = TestServer::start_with(&["--rate-limits", "off"], None); // posts as fast as it can
     let addr = server.addr();
     let mut owner = Client::connect(addr);
     let (_, owner_token) = owner.register(&common::unique("owner"));

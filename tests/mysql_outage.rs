@@ -408,7 +408,7 @@ fn mariadb_stalled_crashed_and_shut_down_then_back_without_restarting_chimed() {
     // Declared first, so it is dropped last: chimed goes before its database.
     let mut db = Mariadb::install_and_start();
     let config = format!("storage_timeout_ms = {STORAGE_TIMEOUT_MS}\n");
-    let srv = TestServer::start_with_db(&db.url("chimed_outage"), &[], Some(&config));
+    let srv = TestServer::start_with_db(&db.url("chimed_outage"), &["--rate-limits", "off"], Some(&config));
     let chimed_pid = srv.pid();
 
     let mut owner = srv.client();

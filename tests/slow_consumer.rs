@@ -29,7 +29,7 @@ fn slow_subscriber_is_cut_off_then_resyncs_exactly() {
     const POSTS: usize = 6000;
     let content = "x".repeat(2000);
     let config = "max_output_bytes = 65536\nslow_consumer_timeout_ms = 120000\ndelta_tail = 64\n";
-    let server = TestServer::start_with(&[], Some(config));
+    let server = TestServer::start_with(&["--rate-limits", "off"], Some(config));
     let addr = server.addr();
 
     let mut owner = Client::connect(addr);

@@ -176,6 +176,11 @@ impl HttpConn {
         }
     }
 
+    /// Whether a request is in progress (between its head and the end of its response).
+    pub fn mid_request(&self) -> bool {
+        !matches!(self.phase, HttpPhase::Head | HttpPhase::Closed)
+    }
+
     /// Whether a response body is being streamed (the loop pumps it after each flush).
     pub fn streaming(&self) -> bool {
         matches!(self.phase, HttpPhase::Download(_) | HttpPhase::Backup(_))
@@ -189,6 +194,11 @@ impl HttpConn {
                 | HttpPhase::Waiting(Next::UploadOpen { .. })
                 | HttpPhase::Waiting(Next::Auth(Pending::Upload { .. }))
         )
+    }
+
+    /// Whether a request head has started arriving but is not complete (slowloris).
+    pub fn head_in_progress(&self) -> bool {
+        matches!(self.phase, HttpPhase::Head) && !self.inbuf.is_empty()
     }
 
     pub fn is_closed(&self) -> bool {

@@ -108,12 +108,50 @@ impl Server {
             "Connections accepted.",
             self.counters.accepted,
         );
+        let c = &self.counters;
+        let _ = writeln!(
+            out,
+            "# HELP chimed_connections_refused_total Connections refused at accept, by limit.\n\
+             # TYPE chimed_connections_refused_total counter\n\
+             chimed_connections_refused_total{{reason=\"global\"}} {}\n\
+             chimed_connections_refused_total{{reason=\"per_ip\"}} {}",
+            c.refused_global, c.refused_per_ip
+        );
         metric(
             &mut out,
-            "chimed_connections_refused_total",
+            "chimed_accept_emfile_total",
             "counter",
-            "Connections refused at the limit.",
-            self.counters.refused,
+            "accept() failures for lack of file descriptors (accepting paused).",
+            c.accept_emfile,
+        );
+        metric(
+            &mut out,
+            "chimed_rate_limited_total",
+            "counter",
+            "Requests answered rate_limited by the per-connection budgets.",
+            c.rate_limited,
+        );
+        metric(
+            &mut out,
+            "chimed_login_throttled_total",
+            "counter",
+            "LOGIN and AUTH attempts refused by the failed-login throttle.",
+            c.login_throttled,
+        );
+        metric(
+            &mut out,
+            "chimed_flood_disconnects_total",
+            "counter",
+            "Connections closed for flooding past their rate limits.",
+            c.flood_disconnects,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chimed_timeouts_total Connections closed by a timeout.\n\
+             # TYPE chimed_timeouts_total counter\n\
+             chimed_timeouts_total{{kind=\"idle\"}} {}\n\
+             chimed_timeouts_total{{kind=\"handshake\"}} {}",
+            c.idle_timeouts, c.handshake_timeouts
         );
         metric(
             &mut out,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -28,8 +28,9 @@ use crate::chat::fanout::{Feeds, Fetch};
 use crate::chat::handlers::{self, Outcome};
 use crate::chat::ops::{obj, sid, Effect, Op, Settings};
 use crate::chat::voice::Rooms;
-use crate::config::Config;
+use crate::config::{Args, Config};
 use crate::conn::{Conn, Flushed, Framing, Phase};
+use crate::limits::{self, Admission, ConnLimits, LoginPolicy, LoginThrottle, RatePolicy, Refusal, Verdict};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::{ConnId, LISTENER, SIGNALS, WAKER};
 use crate::wire::line::FrameError;
@@ -55,6 +56,10 @@ const LINGER: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the timers walk the connection table.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Connections refused (accepted only for their error frame) per accept event before
+/// accepting pauses for [`ACCEPT_BACKOFF`] (or until a slot frees): a connect storm
+/// against a full server costs bounded work per turn.
+const REFUSE_BURST: usize = 256;
 /// How long a shutdown waits for in-flight work before closing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -62,8 +67,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct Counters {
     pub accepted: u64,
-    pub refused: u64,
+    /// Refused at accept: the global limit.
+    pub refused_global: u64,
+    /// Refused at accept: the per-address limit.
+    pub refused_per_ip: u64,
+    /// accept() failing for lack of file descriptors (accepting paused).
+    pub accept_emfile: u64,
     pub frames_in: u64,
+    /// Requests answered `rate_limited` by the per-connection budgets.
+    pub rate_limited: u64,
+    /// LOGIN/AUTH attempts refused by the failed-login throttle.
+    pub login_throttled: u64,
+    /// Connections closed for flooding (`Verdict::Disconnect`).
+    pub flood_disconnects: u64,
+    pub idle_timeouts: u64,
+    /// Connections closed for sending nothing, or not completing a frame or HTTP head
+    /// (slowloris), within `handshake_timeout_s`.
+    pub handshake_timeouts: u64,
 }
 
 pub struct Server {
@@ -84,6 +104,13 @@ pub struct Server {
     /// Connections whose socket may hold input we have not read yet.
     pending_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// Accepting paused until a connection closes (global limit, or EMFILE).
+    accept_blocked: bool,
+    admission: Admission,
+    rate_policy: RatePolicy,
+    throttle: LoginThrottle,
+    /// Where SIGHUP re-reads the limits from (the flags and `--config` given at start).
+    reload_args: Option<Args>,
     next_sweep: Instant,
     stopping: Option<Instant>,
     feeds: Feeds,
@@ -144,7 +171,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let settings = Settings {
             storage_timeout: cfg.storage_timeout(),
@@ -164,6 +191,9 @@ impl Server {
         .map_err(StartError::Storage)?;
         let delta_tail = cfg.delta_tail;
         let history = Budget::new(cfg.history_rate, cfg.history_burst);
+        let admission = Admission::from_config(&cfg, max_conns);
+        let rate_policy = RatePolicy::from_config(&cfg);
+        let throttle = LoginThrottle::new(LoginPolicy::from_config(&cfg));
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -179,6 +209,11 @@ impl Server {
             reap: Vec::new(),
             pending_reads: Vec::new(),
             accept_paused_until: None,
+            accept_blocked: false,
+            admission,
+            rate_policy,
+            throttle,
+            reload_args: None,
             next_sweep: Instant::now(),
             stopping: None,
             feeds: Feeds::new(delta_tail),
@@ -194,6 +229,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Lets SIGHUP reload the limits: `args` (with its `--config`) is read again then.
+    pub fn reload_from(&mut self, args: Args) {
+        self.reload_args = Some(args);
     }
 
     /// Runs until SIGTERM/SIGINT, then drains and returns.
@@ -258,24 +298,38 @@ impl Server {
 
     // ---- accept -------------------------------------------------------------------
 
+    /// Accepts what the listener has. Accepting pauses (the listener's readiness is left
+    /// pending; mio is edge-triggered, so nothing spins) after [`REFUSE_BURST`] refusals
+    /// in one go or on EMFILE: until [`ACCEPT_BACKOFF`] passes or a connection closes,
+    /// whichever is first (`reap_closed` and `timers` call this again).
     fn accept(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
+        let mut refused = 0;
         loop {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
+                Ok((stream, addr)) => {
+                    if !self.admit(stream, addr) {
+                        refused += 1;
+                        if refused >= REFUSE_BURST {
+                            self.pause_accepting();
+                            return;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_emfile(&e) => {
+                    self.counters.accept_emfile += 1;
                     warn!(
-                        "accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} ({} connections open)",
+                        "accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} or until a connection closes ({} open)",
                         self.conns.len()
                     );
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.pause_accepting();
                     return;
                 }
                 Err(e) => debug!("accept: {e}"),
@@ -283,12 +337,34 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
-        if self.conns.len() >= self.max_conns {
-            self.counters.refused += 1;
-            let frame = protocol::encode_error(None, None, &ApiError::unavailable("server is full"));
+    fn pause_accepting(&mut self) {
+        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+        self.accept_blocked = true;
+    }
+
+    /// A connection closed: if accepting was paused, go on now.
+    fn resume_accepting(&mut self) {
+        if self.accept_blocked && self.stopping.is_none() {
+            self.accept_blocked = false;
+            self.accept_paused_until = None;
+            self.accept();
+        }
+    }
+
+    /// Admission control, then registration. Returns false if the connection was refused
+    /// (it got one `unavailable` error frame and was closed).
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) -> bool {
+        if let Err(refusal) = self.admission.try_admit(addr.ip()) {
+            match refusal {
+                Refusal::Global => self.counters.refused_global += 1,
+                Refusal::PerIp => self.counters.refused_per_ip += 1,
+            }
+            debug!("refused {addr}: {}", refusal.message());
+            let frame = protocol::encode_error(None, None, &ApiError::unavailable(refusal.message()));
+            // Best effort: a fresh socket's send buffer takes one short frame.
             let _ = io::Write::write(&mut stream, &frame);
-            return;
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return false;
         }
         let _ = stream.set_nodelay(true);
         self.generation += 1;
@@ -300,10 +376,14 @@ impl Server {
             .register(&mut stream, Token(key), Interest::READABLE)
         {
             warn!("register {addr}: {e}");
-            return;
+            self.admission.release(addr.ip());
+            return true;
         }
-        entry.insert(Conn::new(stream, self.generation, addr.ip(), Instant::now()));
+        let mut conn = Conn::new(stream, self.generation, addr.ip(), Instant::now());
+        conn.limits = ConnLimits::new(&self.rate_policy);
+        entry.insert(conn);
         self.counters.accepted += 1;
+        true
     }
 
     // ---- read and dispatch ---------------------------------------------------------
@@ -342,8 +422,8 @@ impl Server {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     conn.take_input(&self.scratch[..n]);
-                    conn.last_active = Instant::now();
                     self.process_input(key);
+                    self.note_partial(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.read_pending = false;
@@ -355,6 +435,18 @@ impl Server {
                     self.close_now(key);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Starts (or stops) the slowloris clock: an incomplete frame or HTTP head buffered.
+    fn note_partial(&mut self, key: usize) {
+        let max_inflight = self.cfg.max_inflight_per_conn;
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.partial_input(max_inflight) {
+                conn.partial_since.get_or_insert_with(Instant::now);
+            } else {
+                conn.partial_since = None;
             }
         }
     }
@@ -385,7 +477,14 @@ impl Server {
         match conn.framing {
             Framing::Sniffing => {}
             Framing::Line => self.dispatch_lines(key),
-            Framing::Http(_) => self.http_input(key),
+            Framing::Http(_) => {
+                // A complete request head counts as a frame (idle and handshake timeouts).
+                let before = self.metrics.http_requests;
+                self.http_input(key);
+                if self.metrics.http_requests != before {
+                    self.frame_seen(key);
+                }
+            }
             Framing::WebSocket(_) => self.ws_input(key),
         }
     }
@@ -432,6 +531,7 @@ impl Server {
     /// the connection's session.
     fn dispatch(&mut self, key: usize, frame: &[u8]) {
         self.counters.frames_in += 1;
+        self.frame_seen(key);
         let req = match protocol::decode(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -448,6 +548,81 @@ impl Server {
         self.run_action(key, action, req.id, req.data, None);
     }
 
+    /// A complete frame arrived: the connection is not idle, and past its handshake.
+    fn frame_seen(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.last_active = Instant::now();
+            conn.greeted = true;
+        }
+    }
+
+    /// The per-connection request budget and, for LOGIN and AUTH, the failed-login
+    /// throttle. `Some(error frame)` if the request must not run; a flooder is also set
+    /// to close once that frame is written.
+    fn check_limits(
+        &mut self,
+        key: usize,
+        action: Action,
+        id: Option<&serde_json::Value>,
+        data: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let conn = self.conns.get_mut(key)?;
+        let retry_after_ms = match conn.limits.check(limits::class(action), now) {
+            Verdict::Allow => None,
+            Verdict::Reject { retry_after_ms } => Some(retry_after_ms),
+            Verdict::Disconnect => {
+                self.counters.flood_disconnects += 1;
+                info!(
+                    "closing {} for flooding ({} requests rejected)",
+                    conn.ip,
+                    conn.limits.rejected()
+                );
+                conn.phase = Phase::Closing;
+                Some(limits::RETRY_NEVER_MS.min(self.rate_policy.flood_window.as_millis() as u64))
+            }
+        };
+        if let Some(ms) = retry_after_ms {
+            self.counters.rate_limited += 1;
+            return Some(protocol::encode_error(
+                Some(action.name()),
+                id,
+                &ApiError::rate_limited(ms),
+            ));
+        }
+        if matches!(action, Action::Login | Action::Auth) {
+            let account = match action {
+                Action::Login => data.get("username").and_then(|v| v.as_str()).map(str::to_owned),
+                _ => None,
+            };
+            if let Err(ms) = self.throttle.check(conn.ip, account.as_deref(), now) {
+                self.counters.login_throttled += 1;
+                return Some(protocol::encode_error(
+                    Some(action.name()),
+                    id,
+                    &ApiError::rate_limited(ms),
+                ));
+            }
+            conn.login_attempt = account;
+        }
+        None
+    }
+
+    /// A LOGIN or AUTH came back: tell the failed-login throttle. Only a credential
+    /// failure (`unauthenticated`) counts, not storage trouble or a malformed request.
+    fn record_login(&mut self, key: usize, effect: &Effect, frame: &[u8]) {
+        let now = Instant::now();
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let account = conn.login_attempt.take();
+        match effect {
+            Effect::Session(s) => self.throttle.record_success(conn.ip, &s.username, now),
+            Effect::Failed if contains(frame, b"\"unauthenticated\"") => {
+                self.throttle.record_failure(conn.ip, account.as_deref(), now)
+            }
+            _ => {}
+        }
+    }
+
     /// Checks the action table, runs the handler and applies its outcome: an answer now, or
     /// a job whose answer comes back through `complete`. `session` overrides the
     /// connection's own (an HTTP request's Bearer token).
@@ -459,6 +634,9 @@ impl Server {
         data: serde_json::Map<String, serde_json::Value>,
         session: Option<&crate::chat::accounts::Session>,
     ) {
+        if let Some(frame) = self.check_limits(key, action, id.as_ref(), &data) {
+            return self.reply_now(key, frame);
+        }
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -612,6 +790,9 @@ impl Server {
             self.metrics.deltas_published += published.len() as u64;
         }
         let mut effect = effect;
+        if live && origin.seq.is_some() && matches!(origin.action, Action::Login | Action::Auth) {
+            self.record_login(key, &effect, &frame);
+        }
         if live && origin.seq.is_some() {
             // Before the effect runs: an HTTP request decides here whether this answer is
             // its response or a step towards it.
@@ -951,9 +1132,11 @@ impl Server {
             self.leave_voice(key);
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
+                self.admission.release(conn.ip);
                 self.http_reap(&mut conn);
             }
         }
+        self.resume_accepting();
     }
 
     // ---- timers, signals, shutdown -------------------------------------------------
@@ -971,6 +1154,7 @@ impl Server {
         self.next_sweep = now + SWEEP_EVERY;
         self.history.sweep(now);
         self.http_resume_backups(now);
+        self.throttle.sweep(now);
         // Lingering closes whose peer never sent EOF, and slow consumers that never drained.
         let slow = Duration::from_millis(self.cfg.slow_consumer_timeout_ms);
         let expired: Vec<usize> = self
@@ -986,16 +1170,115 @@ impl Server {
         for key in expired {
             self.close_now(key);
         }
+        self.sweep_timeouts(now);
+    }
+
+    /// Idle and handshake (slowloris) timeouts. See docs/ARCHITECTURE.md, "Timeouts".
+    fn sweep_timeouts(&mut self, now: Instant) {
+        let handshake = self.cfg.handshake_timeout();
+        let idle = self.cfg.idle_timeout();
+        let mut timed_out = Vec::new();
+        for (key, c) in self.conns.iter() {
+            if c.phase != Phase::Open {
+                continue;
+            }
+            let silent = !c.greeted && now.saturating_duration_since(c.opened) >= handshake;
+            let slow_head = c
+                .partial_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= handshake);
+            if silent || slow_head {
+                timed_out.push((key, false));
+                continue;
+            }
+            // Idle: no frame for the timeout, nothing waiting on us (a reply on storage,
+            // output still going out: the slow-consumer limit handles that one).
+            // An HTTP request in progress (a body arriving, a download or backup streaming)
+            // is not idle either.
+            let busy = c.replies.waiting() > 0
+                || !c.out.is_empty()
+                || matches!(&c.framing, Framing::Http(h) if h.mid_request());
+            if idle.is_some_and(|d| c.greeted && !busy && now.saturating_duration_since(c.last_active) >= d) {
+                timed_out.push((key, true));
+            }
+        }
+        for (key, was_idle) in timed_out {
+            if was_idle {
+                self.counters.idle_timeouts += 1;
+            } else {
+                self.counters.handshake_timeouts += 1;
+            }
+            self.close_now(key);
+        }
     }
 
     fn on_signal(&mut self) {
-        for sig in self.signals.pending() {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            if sig == SIGHUP {
+                self.reload_limits();
+                continue;
+            }
             info!("signal {sig}: stopping (no new connections; finishing queued work)");
+            if self.stopping.is_none() {
+                if let Err(e) = crate::daemon::stopping() {
+                    warn!("sd_notify: {e}");
+                }
+            }
             if let Some(mut l) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
             self.stopping.get_or_insert(Instant::now() + SHUTDOWN_GRACE);
         }
+    }
+
+    /// SIGHUP: re-reads the config file and flags given at start and applies the limits
+    /// (connection limits, request rates, timeouts) to new connections and requests.
+    /// Connections already open keep their request budgets; the failed-login throttle keeps
+    /// its state and policy. Everything else (listen address, storage, workers) needs a
+    /// restart. A file that does not load changes nothing.
+    fn reload_limits(&mut self) {
+        let _ = crate::daemon::reloading();
+        let Some(args) = &self.reload_args else {
+            info!("SIGHUP: nothing to reload (no configuration source)");
+            let _ = crate::daemon::ready();
+            return;
+        };
+        match Config::load(args) {
+            Ok(new) => {
+                let max_total = if new.max_connections > 0 {
+                    new.max_connections
+                } else {
+                    self.admission.max_total()
+                };
+                let per_ip = Admission::from_config(&new, max_total).per_ip();
+                self.admission.set_limits(max_total, per_ip);
+                self.max_conns = max_total;
+                self.rate_policy = RatePolicy::from_config(&new);
+                let c = &mut self.cfg;
+                c.rate_limits = new.rate_limits;
+                c.max_connections = new.max_connections;
+                c.max_connections_per_ip = new.max_connections_per_ip;
+                c.read_rate = new.read_rate;
+                c.read_burst = new.read_burst;
+                c.write_rate = new.write_rate;
+                c.write_burst = new.write_burst;
+                c.login_rate = new.login_rate;
+                c.login_burst = new.login_burst;
+                c.flood_disconnect_after = new.flood_disconnect_after;
+                c.flood_window_s = new.flood_window_s;
+                c.idle_timeout_s = new.idle_timeout_s;
+                c.handshake_timeout_s = new.handshake_timeout_s;
+                info!(
+                    "SIGHUP: limits reloaded (max {} connections, per address {:?}, rate limits {})",
+                    max_total,
+                    per_ip,
+                    if new.rate_limits { "on" } else { "off" }
+                );
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the limits in force"),
+        }
+        let _ = crate::daemon::ready();
+        self.resume_accepting();
     }
 
     fn finished_stopping(&mut self) -> bool {
@@ -1035,6 +1318,10 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.listen(LISTEN_BACKLOG)?;
     sock.set_nonblocking(true)?;
     Ok(TcpListener::from_std(sock.into()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn redact(url: &str) -> String {
