@@ -185,9 +185,18 @@ impl Pool {
         }
         let db = store::open(url, storage_timeout)?;
         let sh = shared.clone();
+        // The writer's committed answers are encoded on their own thread (FIFO, so
+        // replies and deltas still leave in commit order, and only after COMMIT).
+        let (fin_tx, fin_rx) = unbounded::<Vec<Finish>>();
         let h = std::thread::Builder::new()
             .name("chimed-writer".into())
-            .spawn(move || writer(db, write_rx, sh, max_batch))
+            .spawn(move || writer(db, write_rx, sh, fin_tx, max_batch))
+            .map_err(|e| store::StoreError::Internal(e.to_string()))?;
+        handles.push(h);
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("chimed-finish".into())
+            .spawn(move || finisher(fin_rx, sh))
             .map_err(|e| store::StoreError::Internal(e.to_string()))?;
         handles.push(h);
         Ok(Pool {
@@ -267,7 +276,32 @@ fn reader(mut db: Box<dyn Db>, rx: Receiver<Job>, write_tx: Sender<Job>, sh: Arc
     }
 }
 
-fn writer(mut db: Box<dyn Db>, rx: Receiver<Job>, sh: Arc<Shared>, max_batch: usize) {
+/// A committed (or refused) write job on its way to the finisher thread, which encodes
+/// its reply frame and its `PUBLISH_DELTA` frames off the writer.
+enum Finish {
+    Committed(Origin, ops::Reply, Vec<Delta>),
+    Failed(Origin, ApiError),
+}
+
+fn finisher(rx: Receiver<Vec<Finish>>, sh: Arc<Shared>) {
+    while let Ok(batch) = rx.recv() {
+        finish_all(&sh, batch);
+    }
+}
+
+fn finish_all(sh: &Shared, batch: Vec<Finish>) {
+    for f in batch {
+        match f {
+            Finish::Committed(origin, reply, deltas) => {
+                let published = deltas.iter().map(Published::new).collect();
+                sh.answer(origin, Ok(reply), published);
+            }
+            Finish::Failed(origin, e) => sh.answer(origin, Err(e), Vec::new()),
+        }
+    }
+}
+
+fn writer(mut db: Box<dyn Db>, rx: Receiver<Job>, sh: Arc<Shared>, fin: Sender<Vec<Finish>>, max_batch: usize) {
     let mut state = WriterState::default();
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -281,17 +315,34 @@ fn writer(mut db: Box<dyn Db>, rx: Receiver<Job>, sh: Arc<Shared>, max_batch: us
         if !sh.test_delay.is_zero() {
             std::thread::sleep(sh.test_delay);
         }
-        commit_batch(db.as_mut(), &mut state, &sh, &mut batch);
+        commit_batch(db.as_mut(), &mut state, &sh, &fin, &mut batch);
     }
 }
 
 /// Runs a batch in one transaction and answers every job only after COMMIT returned;
 /// committed deltas are published with the answers, in commit order.
-fn commit_batch(db: &mut dyn Db, state: &mut WriterState, sh: &Shared, batch: &mut Vec<Job>) {
+fn commit_batch(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    sh: &Shared,
+    fin: &Sender<Vec<Finish>>,
+    batch: &mut Vec<Job>,
+) {
+    let mut out = Vec::with_capacity(batch.len());
+    run_and_stage(db, state, sh, batch, &mut out);
+    // The finisher answers in the order it receives (one message per batch); if it is
+    // gone, answer here.
+    if let Err(crossbeam_channel::SendError(out)) = fin.send(out) {
+        finish_all(sh, out);
+    }
+}
+
+fn run_and_stage(db: &mut dyn Db, state: &mut WriterState, sh: &Shared, batch: &mut Vec<Job>, out: &mut Vec<Finish>) {
+    let mut finish = |f: Finish| out.push(f);
     let mut live = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         match expired(job.deadline) {
-            Some(e) => sh.answer(job.origin, Err(e), Vec::new()),
+            Some(e) => finish(Finish::Failed(job.origin, e)),
             None => live.push(job),
         }
     }
@@ -306,17 +357,16 @@ fn commit_batch(db: &mut dyn Db, state: &mut WriterState, sh: &Shared, batch: &m
                 match r {
                     Ok((reply, deltas)) => {
                         sh.stats.committed_jobs.fetch_add(1, Ordering::Relaxed);
-                        let published = deltas.iter().map(Published::new).collect();
-                        sh.answer(origin, Ok(reply), published);
+                        finish(Finish::Committed(origin, reply, deltas));
                     }
-                    Err(e) => sh.answer(origin, Err(e.into_api(store_error)), Vec::new()),
+                    Err(e) => finish(Finish::Failed(origin, e.into_api(store_error))),
                 }
             }
         }
         Err((origins, e)) => {
             let e = store_error(e);
             for origin in origins {
-                sh.answer(origin, Err(e.clone()), Vec::new());
+                finish(Finish::Failed(origin, e.clone()));
             }
         }
     }

@@ -85,7 +85,7 @@ fn prepare(db: &mut dyn Db, s: &Settings, w: &mut WriterState, d: NewDelta) -> O
 /// Appends a delta now; it is published after the batch commits.
 pub fn append(db: &mut dyn Db, s: &Settings, w: &mut WriterState, out: &mut Vec<Delta>, d: NewDelta) -> OpResult<i64> {
     let (delta, row) = prepare(db, s, w, d)?;
-    insert_many(db, "deltas", DELTA_INSERT_COLUMNS, &[row])?;
+    insert_many(db, "deltas", DELTA_INSERT_COLUMNS, vec![row])?;
     let id = delta.delta_id;
     out.push(delta);
     Ok(id)

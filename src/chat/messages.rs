@@ -54,8 +54,8 @@ fn attachment_meta(db: &mut dyn Db, server_id: i64, files: &[i64]) -> OpResult<O
 
 pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
     if let Some(key) = &p.client_msg_id {
-        if let Some((d, m, s)) = tx.w.pending_keys.get(&(p.user, key.clone())) {
-            return Ok(post_reply(*d, *m, *s));
+        if let Some((d, m, s)) = tx.w.pending_key(p.user, key) {
+            return Ok(post_reply(d, m, s));
         }
         let row = tx.db.query_row(
             "SELECT delta_id, message_id, server_id FROM messages WHERE user_id = ? AND client_msg_id = ?",
@@ -65,9 +65,9 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
             return Ok(post_reply(r.int(0)?, r.int(1)?, r.int(2)?));
         }
     }
-    let (server_id, kind) = tx.w.channel(tx.db, p.channel_id)?;
-    tx.w.member(tx.db, server_id, p.user)?;
-    if kind != "text" {
+    let (server_id, is_text) = tx.w.text_channel(tx.db, p.channel_id)?;
+    tx.w.check_member(tx.db, server_id, p.user)?;
+    if !is_text {
         return Err(ApiError::bad_request("messages go to text channels").into());
     }
     let attachments = attachment_meta(tx.db, server_id, &p.attachments)?;
@@ -87,7 +87,9 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
     let delta_id = log::stage(tx.db, tx.s, tx.w, tx.deltas, d)?;
     if let Some(key) = &p.client_msg_id {
         tx.w.pending_keys
-            .insert((p.user, key.clone()), (delta_id, message_id, server_id));
+            .entry(p.user)
+            .or_default()
+            .insert(key.clone(), (delta_id, message_id, server_id));
     }
     tx.w.pending_messages.push(vec![
         message_id.into(),

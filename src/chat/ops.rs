@@ -419,8 +419,9 @@ pub struct WriterState {
     /// Post rows not yet inserted: deltas and messages.
     pub(crate) pending_deltas: Vec<Vec<Val>>,
     pub(crate) pending_messages: Vec<Vec<Val>>,
-    /// `(user, client_msg_id)` of pending posts, with their reply ids.
-    pub(crate) pending_keys: HashMap<(i64, String), (i64, i64, i64)>,
+    /// `client_msg_id`s of pending posts by user, with their reply ids (looked up by
+    /// `&str`, no key copy; the per-user maps are kept for the next batch).
+    pub(crate) pending_keys: HashMap<i64, HashMap<String, (i64, i64, i64)>>,
 }
 
 impl WriterState {
@@ -486,6 +487,23 @@ impl WriterState {
         Ok(c)
     }
 
+    /// Whether a live channel is a text channel, and its server (no copy of the cached row).
+    pub fn text_channel(&mut self, db: &mut dyn Db, channel_id: i64) -> OpResult<(i64, bool)> {
+        if let Some((server_id, kind)) = self.channels.get(&channel_id) {
+            return Ok((*server_id, kind == "text"));
+        }
+        let (server_id, kind) = self.channel(db, channel_id)?;
+        Ok((server_id, kind == "text"))
+    }
+
+    /// Checks the caller is a member of a live server, from the cache or storage (no copy).
+    pub fn check_member(&mut self, db: &mut dyn Db, server_id: i64, user_id: i64) -> OpResult<()> {
+        if !self.members.contains_key(&(server_id, user_id)) {
+            self.member(db, server_id, user_id)?;
+        }
+        Ok(())
+    }
+
     /// The caller's membership of a live server, from the cache or storage.
     pub fn member(&mut self, db: &mut dyn Db, server_id: i64, user_id: i64) -> OpResult<roles::Membership> {
         if let Some(m) = self.members.get(&(server_id, user_id)) {
@@ -500,14 +518,27 @@ impl WriterState {
     pub fn flush_rows(&mut self, db: &mut dyn Db) -> Result<(), StoreError> {
         if !self.pending_deltas.is_empty() {
             let rows = std::mem::take(&mut self.pending_deltas);
-            insert_many(db, "deltas", DELTA_INSERT_COLUMNS, &rows)?;
+            insert_many(db, "deltas", DELTA_INSERT_COLUMNS, rows)?;
         }
         if !self.pending_messages.is_empty() {
             let rows = std::mem::take(&mut self.pending_messages);
-            insert_many(db, "messages", MESSAGE_INSERT_COLUMNS, &rows)?;
+            insert_many(db, "messages", MESSAGE_INSERT_COLUMNS, rows)?;
         }
-        self.pending_keys.clear();
+        self.clear_pending_keys();
         Ok(())
+    }
+
+    fn clear_pending_keys(&mut self) {
+        if self.pending_keys.len() > 4096 {
+            self.pending_keys.clear();
+        } else {
+            self.pending_keys.values_mut().for_each(HashMap::clear);
+        }
+    }
+
+    /// The reply ids of a pending post of `user` with this `client_msg_id`.
+    pub(crate) fn pending_key(&self, user: i64, key: &str) -> Option<(i64, i64, i64)> {
+        self.pending_keys.get(&user).and_then(|m| m.get(key)).copied()
     }
 
     /// Whether `partition` of `server_id` still has to be recorded; remembers it.
@@ -673,20 +704,26 @@ pub const MESSAGE_INSERT_COLUMNS: &[&str] = &[
 
 /// Multi-row INSERTs in chunks of 256, 64, 16, 4 and 1 rows: few round trips, and only
 /// five statement shapes per table for the prepared-statement caches.
-pub fn insert_many(db: &mut dyn Db, table: &str, columns: &[&str], rows: &[Vec<Val>]) -> Result<(), StoreError> {
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = [256, 64, 16, 4, 1].into_iter().find(|n| *n <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
+pub fn insert_many(db: &mut dyn Db, table: &str, columns: &[&str], rows: Vec<Vec<Val>>) -> Result<(), StoreError> {
+    let mut rows = rows.into_iter();
+    let mut rest = rows.len();
+    let mut params: Vec<Val> = Vec::new();
+    while rest > 0 {
+        let n = [256, 64, 16, 4, 1].into_iter().find(|n| *n <= rest).unwrap_or(1);
         let one = format!("({})", vec!["?"; columns.len()].join(", "));
         let sql = format!(
             "INSERT INTO {table} ({}) VALUES {}",
             columns.join(", "),
             vec![one; n].join(", ")
         );
-        let params: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+        // The rows' values move into the parameters: no copy of any text.
+        params.clear();
+        params.reserve(n * columns.len());
+        for r in rows.by_ref().take(n) {
+            params.extend(r);
+        }
         db.execute(&sql, &params)?;
-        rest = tail;
+        rest -= n;
     }
     Ok(())
 }
