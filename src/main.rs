@@ -9,6 +9,11 @@ use chimed::config::{Args, Config};
 use chimed::daemon;
 use chimed::server::Server;
 
+/// mimalloc instead of glibc malloc: the writer allocates what the finisher and the loop
+/// free, and glibc serialises such cross-thread frees on the allocating arena's lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
