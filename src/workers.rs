@@ -3,7 +3,9 @@
 //! Two queues over `crossbeam-channel`, both bounded: the read queue, served by
 //! `workers - 1` reader threads (queries and Argon2), and the write queue, served by one
 //! writer thread that commits whatever has queued up in one transaction (group commit),
-//! so commits — and the delta ids they assign — happen in one order. Results go back on
+//! so commits — and the delta ids they assign — happen in one order. A committed batch's
+//! reply frames and `PUBLISH_DELTA` frames are encoded by one finisher thread, in order,
+//! so the writer does no encoding and nothing is answered before COMMIT. Results go back on
 //! one channel and wake the loop through its `mio::Waker`; wakes are coalesced with a
 //! flag so a burst of completions costs one wake-up.
 //!
