@@ -28,11 +28,10 @@ struct Owner {
 fn owner(server: &TestServer) -> Owner {
     let mut client = server.client();
     let (_, token) = client.register(&common::unique("files"));
-    let created = client.request("CREATE_SERVER", json!({"name": "files"}));
-    let d = success(&created, "CREATE_SERVER");
+    let (server_id, channel_id) = client.create_server("files");
     Owner {
-        server_id: d["server_id"].as_str().unwrap().to_string(),
-        channel_id: d["channel_id"].as_str().unwrap().to_string(),
+        server_id,
+        channel_id,
         client,
         token,
     }

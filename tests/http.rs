@@ -15,13 +15,8 @@ use serde_json::json;
 /// Registers over the line protocol; returns (token, server_id, channel_id) of a new server.
 fn owner_with_server(c: &mut Client) -> (String, String, String) {
     let (_, token) = c.register(&common::unique("owner"));
-    let created = c.request("CREATE_SERVER", json!({"name": "http"}));
-    let d = success(&created, "CREATE_SERVER");
-    (
-        token,
-        d["server_id"].as_str().unwrap().to_string(),
-        d["channel_id"].as_str().unwrap().to_string(),
-    )
+    let (server_id, channel_id) = c.create_server("http");
+    (token, server_id, channel_id)
 }
 
 #[test]

@@ -45,10 +45,7 @@ fn websocket_client_subscribes_and_receives_a_delta_posted_over_the_line_protoco
     let server = TestServer::start();
     let mut line = server.client();
     let (_, token) = line.register(&common::unique("poster"));
-    let created = line.request("CREATE_SERVER", json!({"name": "ws"}));
-    let d = success(&created, "CREATE_SERVER");
-    let server_id = d["server_id"].as_str().unwrap().to_string();
-    let channel_id = d["channel_id"].as_str().unwrap().to_string();
+    let (server_id, channel_id) = line.create_server("ws");
 
     let mut ws = connect(&server);
     send(&mut ws, json!({"action": "AUTH", "id": "a", "data": {"token": token}}));

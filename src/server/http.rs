@@ -28,7 +28,7 @@ use crate::files::{Download, Upload, MAX_UPLOAD_BYTES};
 use crate::protocol::routes::{self, Route};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::ConnId;
-use crate::wire::http::{self as wire, BodyKind, ChunkedDecoder, HeadError, Method, RequestHead};
+use crate::wire::http::{self as wire, BodyKind, ChunkError, ChunkedDecoder, HeadError, Method, RequestHead};
 use crate::workers::{Job, Origin};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -46,6 +46,27 @@ const BACKUP_PAGE: usize = 1000;
 enum BodyLeft {
     Length(u64),
     Chunked(ChunkedDecoder),
+}
+
+impl BodyLeft {
+    /// Moves up to `room` body bytes from the front of `inbuf` to `out`; returns whether
+    /// the body is complete.
+    fn take(&mut self, inbuf: &mut Vec<u8>, out: &mut Vec<u8>, room: usize) -> Result<bool, ChunkError> {
+        match self {
+            BodyLeft::Length(left) => {
+                let n = (*left).min(inbuf.len() as u64).min(room as u64) as usize;
+                out.extend_from_slice(&inbuf[..n]);
+                inbuf.drain(..n);
+                *left -= n as u64;
+                Ok(*left == 0)
+            }
+            BodyLeft::Chunked(dec) => {
+                let (used, done) = dec.decode(inbuf, out, room)?;
+                inbuf.drain(..used);
+                Ok(done)
+            }
+        }
+    }
 }
 
 /// An API request whose JSON body is arriving.
@@ -366,30 +387,16 @@ impl Server {
                 }
                 HttpPhase::Body(b) => {
                     let max = self.cfg.max_frame_bytes;
-                    let done = match &mut b.left {
-                        BodyLeft::Length(left) => {
-                            let take = (*left).min(h.inbuf.len() as u64) as usize;
-                            b.body.extend_from_slice(&h.inbuf[..take]);
-                            h.inbuf.drain(..take);
-                            *left -= take as u64;
-                            *left == 0
+                    let room = (max + 1).saturating_sub(b.body.len());
+                    let done = match b.left.take(&mut h.inbuf, &mut b.body, room) {
+                        Ok(_) if b.body.len() > max => {
+                            let out = h.respond_fatal(413, &format!("body exceeds {max} bytes"));
+                            return self.http_send(key, out);
                         }
-                        BodyLeft::Chunked(dec) => {
-                            let room = (max + 1).saturating_sub(b.body.len());
-                            match dec.decode(&h.inbuf, &mut b.body, room) {
-                                Ok((used, done)) => {
-                                    h.inbuf.drain(..used);
-                                    if b.body.len() > max {
-                                        let out = h.respond_fatal(413, &format!("body exceeds {max} bytes"));
-                                        return self.http_send(key, out);
-                                    }
-                                    done
-                                }
-                                Err(e) => {
-                                    let out = h.respond_fatal(400, &e.to_string());
-                                    return self.http_send(key, out);
-                                }
-                            }
+                        Ok(done) => done,
+                        Err(e) => {
+                            let out = h.respond_fatal(400, &e.to_string());
+                            return self.http_send(key, out);
                         }
                     };
                     if !done {
@@ -404,6 +411,14 @@ impl Server {
                     self.http_api_call(key, *b);
                 }
             }
+        }
+    }
+
+    /// The HTTP state of a connection, if it is (still) an HTTP connection.
+    fn http_conn(&mut self, key: usize) -> Option<&mut HttpConn> {
+        match &mut self.conns.get_mut(key)?.framing {
+            Framing::Http(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -423,8 +438,7 @@ impl Server {
     }
 
     fn http_head_error(&mut self, key: usize, e: &HeadError) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Framing::Http(h) = &mut conn.framing else { return };
+        let Some(h) = self.http_conn(key) else { return };
         h.head_only = false;
         let out = h.respond_fatal(e.status(), &e.to_string());
         self.http_send(key, out);
@@ -469,8 +483,7 @@ impl Server {
                     conn.out.push(Chunk::Owned(CONTINUE.to_vec()));
                     self.mark_dirty(key);
                 }
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                let Framing::Http(h) = &mut conn.framing else { return };
+                let Some(h) = self.http_conn(key) else { return };
                 h.phase = HttpPhase::Body(Box::new(BodyState {
                     action,
                     bearer: head.bearer().map(str::to_string),
@@ -485,8 +498,7 @@ impl Server {
             }
             Route::Metrics => {
                 let text = self.render_metrics();
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                let Framing::Http(h) = &mut conn.framing else { return };
+                let Some(h) = self.http_conn(key) else { return };
                 let out = h.respond(200, "text/plain; version=0.0.4", text.as_bytes(), &[]);
                 self.http_send(key, out);
             }
@@ -620,30 +632,21 @@ impl Server {
         };
         let data = match data {
             Ok(d) => d,
-            Err(err) => {
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                let Framing::Http(h) = &mut conn.framing else { return };
-                let out = h.respond_error(Some(action.name()), &err);
-                return self.http_send(key, out);
-            }
+            Err(err) => return self.http_fail(key, Some(action.name()), &err),
         };
         if action.open() {
             return self.run_action(key, action, None, data, None);
         }
         let Some(token) = b.bearer else {
             let err = ApiError::unauthenticated("send the token as Authorization: Bearer <token>");
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            let Framing::Http(h) = &mut conn.framing else { return };
-            let out = h.respond_error(Some(action.name()), &err);
-            return self.http_send(key, out);
+            return self.http_fail(key, Some(action.name()), &err);
         };
         self.http_authenticate(key, token, Pending::Action { action, data });
     }
 
     /// Runs the token through the AUTH job; `pending` follows under its session.
     fn http_authenticate(&mut self, key: usize, token: String, pending: Pending) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Framing::Http(h) = &mut conn.framing else { return };
+        let Some(h) = self.http_conn(key) else { return };
         h.phase = HttpPhase::Waiting(Next::Auth(pending));
         self.submit_request(key, Action::Auth, None, Op::Auth { token });
     }
@@ -798,7 +801,7 @@ impl Server {
                 from_partition,
             } => {
                 if let Err(ms) = self.charge_history(user, BACKUP_PAGE) {
-                    return self.http_fail(key, &ApiError::rate_limited(ms));
+                    return self.http_fail(key, None, &ApiError::rate_limited(ms));
                 }
                 (
                     Next::BackupOpen { user },
@@ -811,17 +814,15 @@ impl Server {
                 )
             }
         };
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Framing::Http(h) = &mut conn.framing else { return };
+        let Some(h) = self.http_conn(key) else { return };
         h.phase = HttpPhase::Waiting(next);
         self.submit_request(key, action, None, op);
     }
 
     /// Answers the current request with an error.
-    fn http_fail(&mut self, key: usize, err: &ApiError) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Framing::Http(h) = &mut conn.framing else { return };
-        let out = h.respond_error(None, err);
+    fn http_fail(&mut self, key: usize, action: Option<&str>, err: &ApiError) {
+        let Some(h) = self.http_conn(key) else { return };
+        let out = h.respond_error(action, err);
         self.http_send(key, out);
     }
 
@@ -871,27 +872,12 @@ impl Server {
                 return false;
             };
             let room = UPLOAD_CHUNK.saturating_sub(u.pending.len());
-            let body_done = match &mut u.left {
-                BodyLeft::Length(left) => {
-                    let take = (*left).min(h.inbuf.len() as u64).min(room as u64) as usize;
-                    u.pending.extend_from_slice(&h.inbuf[..take]);
-                    h.inbuf.drain(..take);
-                    u.received += take as u64;
-                    *left -= take as u64;
-                    Ok(*left == 0)
-                }
-                BodyLeft::Chunked(dec) => {
-                    let before = u.pending.len();
-                    match dec.decode(&h.inbuf, &mut u.pending, room) {
-                        Ok((used, done)) => {
-                            h.inbuf.drain(..used);
-                            u.received += (u.pending.len() - before) as u64;
-                            Ok(done)
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            };
+            let before = u.pending.len();
+            let body_done = u
+                .left
+                .take(&mut h.inbuf, &mut u.pending, room)
+                .map_err(|e| e.to_string());
+            u.received += (u.pending.len() - before) as u64;
             match body_done {
                 Err(e) => Do::Fatal(400, e, u.upload.take()),
                 Ok(_) if u.received > MAX_UPLOAD_BYTES => {
@@ -921,7 +907,7 @@ impl Server {
                 true
             }
             Do::Finish(upload) => {
-                if let Some(Framing::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.framing) {
+                if let Some(h) = self.http_conn(key) {
                     h.phase = HttpPhase::Waiting(Next::Response);
                 }
                 self.submit_request(key, Action::PostMessage, None, Op::UploadFinish { upload });
@@ -978,8 +964,7 @@ impl Server {
         let head = wire::response_head(status, &headers, Some(end - start), h.keep_alive);
         conn.out.push(Chunk::Owned(head));
         self.mark_dirty(key);
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Framing::Http(h) = &mut conn.framing else { return };
+        let Some(h) = self.http_conn(key) else { return };
         if h.head_only || start >= end {
             return self.http_finish(key);
         }
@@ -1025,7 +1010,7 @@ impl Server {
                     // The first page was charged before the head went out.
                     if after > 0 || b.resume_at.is_some() {
                         if let Err(ms) = self.charge_history(user, BACKUP_PAGE) {
-                            let Some(Framing::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.framing) else {
+                            let Some(h) = self.http_conn(key) else {
                                 return;
                             };
                             if let HttpPhase::Backup(b) = &mut h.phase {
@@ -1035,7 +1020,7 @@ impl Server {
                             return;
                         }
                     }
-                    let Some(Framing::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.framing) else {
+                    let Some(h) = self.http_conn(key) else {
                         return;
                     };
                     let HttpPhase::Backup(b) = &mut h.phase else { return };

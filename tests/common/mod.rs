@@ -525,6 +525,16 @@ impl Client {
         )
     }
 
+    /// CREATE_SERVER; returns `(server_id, channel_id)` of the new server and its `general`.
+    pub fn create_server(&mut self, name: &str) -> (String, String) {
+        let r = self.request("CREATE_SERVER", json!({"name": name}));
+        let d = success(&r, "CREATE_SERVER");
+        (
+            d["server_id"].as_str().expect("server_id is a string").to_string(),
+            d["channel_id"].as_str().expect("channel_id is a string").to_string(),
+        )
+    }
+
     /// Reads until the server closes the connection (EOF or reset, within the read
     /// timeout); returns the frames that came before the close. Panics if the connection
     /// stays open.
