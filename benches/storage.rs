@@ -31,7 +31,7 @@ fn write(db: &mut dyn Db, w: &mut WriterState, op: Op) -> serde_json::Map<String
     let (data, _) =
         run_write(db, &settings(), w, op, &mut deltas).unwrap_or_else(|e| panic!("setup write failed: {e:?}"));
     db.commit().expect("commit");
-    data
+    data.into_map()
 }
 
 /// Commits `batches` transactions of `size` posts; returns deltas per second.

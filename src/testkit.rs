@@ -90,7 +90,7 @@ impl Kit {
         let mut staged = run_batch(self.db.as_mut(), &mut self.w, &self.s, vec![((), op)])
             .unwrap_or_else(|(_, e)| panic!("batch failed: {e}"));
         let (_, r) = staged.pop().unwrap();
-        r.map(|(reply, _)| reply)
+        r.map(|((answer, effect), _)| (answer.into_map(), effect))
             .map_err(|e| e.into_api(|e| panic!("storage error: {e}")))
     }
 

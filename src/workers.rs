@@ -23,8 +23,8 @@ use log::{error, warn};
 use serde_json::Value;
 
 use crate::chat::delta::{Delta, Published};
-use crate::chat::ops::{self, Effect, Op, Settings, Step, WriterState};
-use crate::protocol::{encode_error, encode_success, Action, ApiError};
+use crate::chat::ops::{self, Answer, Effect, Op, Settings, Step, WriterState};
+use crate::protocol::{encode_error, encode_success, encode_success_with, Action, ApiError};
 use crate::store::{self, Db, StoreError};
 use crate::token::ConnId;
 
@@ -100,16 +100,17 @@ impl Shared {
         }
     }
 
-    fn answer(
-        &self,
-        origin: Origin,
-        result: Result<(serde_json::Map<String, Value>, Effect), ApiError>,
-        published: Vec<Published>,
-    ) {
+    fn answer(&self, origin: Origin, result: Result<ops::Reply, ApiError>, published: Vec<Published>) {
         let (frame, effect) = match (&origin.seq, result) {
             (None, Ok((_, effect))) => (Vec::new(), effect),
             (None, Err(_)) => (Vec::new(), Effect::Failed),
-            (Some(_), Ok((data, effect))) => (encode_success(origin.action.name(), origin.id.as_ref(), &data), effect),
+            (Some(_), Ok((Answer::Data(data), effect))) => {
+                (encode_success(origin.action.name(), origin.id.as_ref(), &data), effect)
+            }
+            (Some(_), Ok((Answer::Message(ids), effect))) => (
+                encode_success_with(origin.action.name(), origin.id.as_ref(), &ids),
+                effect,
+            ),
             (Some(_), Err(e)) => {
                 if e.code == crate::protocol::ErrorCode::Unavailable || e.code == crate::protocol::ErrorCode::Internal {
                     self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +258,7 @@ fn reader(mut db: Box<dyn Db>, rx: Receiver<Job>, write_tx: Sender<Job>, sh: Arc
             continue;
         }
         match ops::run_read(db.as_mut(), &sh.settings, job.op) {
-            Ok(Step::Done(data, effect)) => sh.answer(job.origin, Ok((data, effect)), Vec::new()),
+            Ok(Step::Done(data, effect)) => sh.answer(job.origin, Ok((Answer::Data(data), effect)), Vec::new()),
             Ok(Step::Write(op)) => {
                 // The write half of REGISTER/LOGIN or of an upload: still one queued job.
                 let next = Job {

@@ -533,7 +533,7 @@ impl Chat {
         }
         db.commit().unwrap();
         let ids: Vec<i64> = deltas.iter().map(|d| d.delta_id).collect();
-        self.record(&label, r.map(|(data, _)| data), format!(" deltas={ids:?}"))
+        self.record(&label, r.map(|(data, _)| data.into_map()), format!(" deltas={ids:?}"))
     }
 
     fn read(&mut self, op: chimed::chat::ops::Op) -> Option<Data> {

@@ -160,7 +160,7 @@ fn issue_token(db: &mut dyn Db, s: &Settings, user_id: i64, username: String) ->
         ("token", Value::String(token)),
     ]);
     Ok((
-        data,
+        data.into(),
         Effect::Session(Session {
             user_id,
             username,
@@ -200,7 +200,7 @@ pub fn create_token(db: &mut dyn Db, s: &Settings, user_id: i64, username: Strin
 
 pub fn logout(db: &mut dyn Db, token_hash: String) -> OpResult<Reply> {
     db.execute("DELETE FROM tokens WHERE token_hash = ?", &[token_hash.clone().into()])?;
-    Ok((obj([]), Effect::Logout { token_hash }))
+    Ok((obj([]).into(), Effect::Logout { token_hash }))
 }
 
 #[cfg(test)]

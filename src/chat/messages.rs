@@ -7,11 +7,11 @@
 use serde_json::{json, Map, Value};
 
 use super::log::{self, NewDelta};
-use super::ops::{obj, sid, OpResult};
+use super::ops::{obj, MessageIds, OpResult};
 use super::roles::{self, Role};
 use super::servers::Tx;
 use crate::protocol::ApiError;
-use crate::store::{Db, RowExt};
+use crate::store::{Db, RowExt, Val};
 use crate::time::rfc3339_ms;
 
 pub struct Post {
@@ -22,12 +22,12 @@ pub struct Post {
     pub client_msg_id: Option<String>,
 }
 
-fn post_reply(delta_id: i64, message_id: i64, server_id: i64) -> Map<String, Value> {
-    obj([
-        ("delta_id", delta_id.into()),
-        ("message_id", sid(message_id)),
-        ("server_id", sid(server_id)),
-    ])
+fn post_reply(delta_id: i64, message_id: i64, server_id: i64) -> MessageIds {
+    MessageIds {
+        delta_id,
+        message_id,
+        server_id,
+    }
 }
 
 /// Resolves attachment file ids to their metadata; each must belong to the same server.
@@ -52,7 +52,7 @@ fn attachment_meta(db: &mut dyn Db, server_id: i64, files: &[i64]) -> OpResult<O
     Ok(Some(Value::Array(meta).to_string()))
 }
 
-pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
+pub fn post(tx: &mut Tx, p: Post) -> OpResult<MessageIds> {
     if let Some(key) = &p.client_msg_id {
         if let Some((d, m, s)) = tx.w.pending_key(p.user, key) {
             return Ok(post_reply(d, m, s));
@@ -82,8 +82,8 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
     let mut d = NewDelta::new(server_id, "message", p.user);
     d.channel_id = Some(p.channel_id);
     d.message_id = Some(message_id);
-    d.content = Some(p.content.clone());
-    d.attachments = attachments.clone();
+    d.content = Some(p.content);
+    d.attachments = attachments;
     let delta_id = log::stage(tx.db, tx.s, tx.w, tx.deltas, d)?;
     if let Some(key) = &p.client_msg_id {
         tx.w.pending_keys
@@ -91,13 +91,15 @@ pub fn post(tx: &mut Tx, p: Post) -> OpResult<Map<String, Value>> {
             .or_default()
             .insert(key.clone(), (delta_id, message_id, server_id));
     }
+    // The text and attachments live once, in the delta: the message row holds text only
+    // once edited (see `get`), which halves the bytes a post writes.
     tx.w.pending_messages.push(vec![
         message_id.into(),
         server_id.into(),
         p.channel_id.into(),
         p.user.into(),
-        p.content.into(),
-        attachments.into(),
+        "".into(),
+        Val::Null,
         p.client_msg_id.into(),
         delta_id.into(),
         crate::time::now_ms().into(),
@@ -118,7 +120,7 @@ fn message(db: &mut dyn Db, message_id: i64) -> OpResult<(i64, i64, i64)> {
     }
 }
 
-pub fn edit(tx: &mut Tx, user: i64, message_id: i64, content: String) -> OpResult<Map<String, Value>> {
+pub fn edit(tx: &mut Tx, user: i64, message_id: i64, content: String) -> OpResult<MessageIds> {
     let (server_id, channel_id, author) = message(tx.db, message_id)?;
     roles::member(tx.db, server_id, user)?;
     if author != user {
@@ -136,7 +138,7 @@ pub fn edit(tx: &mut Tx, user: i64, message_id: i64, content: String) -> OpResul
     Ok(post_reply(delta_id, message_id, server_id))
 }
 
-pub fn delete(tx: &mut Tx, user: i64, message_id: i64) -> OpResult<Map<String, Value>> {
+pub fn delete(tx: &mut Tx, user: i64, message_id: i64) -> OpResult<MessageIds> {
     let (server_id, channel_id, author) = message(tx.db, message_id)?;
     let m = roles::member(tx.db, server_id, user)?;
     if author != user && m.role < Role::Moderator {
@@ -164,8 +166,13 @@ pub fn get(
 ) -> OpResult<Map<String, Value>> {
     roles::channel_member(db, channel_id, user)?;
     let rows = db.query(
-        "SELECT message_id, channel_id, user_id, content, attachments, created_at, edited FROM messages \
-         WHERE channel_id = ? AND deleted = 0 AND message_id < ? ORDER BY message_id DESC LIMIT ?",
+        // An unedited message's text and attachments are its `message` delta's (`post`);
+        // rows written before that change carry their own, hence the fallbacks.
+        "SELECT m.message_id, m.channel_id, m.user_id, \
+         COALESCE(CASE WHEN m.edited = 0 THEN d.content END, m.content), COALESCE(d.attachments, m.attachments), \
+         m.created_at, m.edited FROM messages m \
+         LEFT JOIN deltas d ON d.server_id = m.server_id AND d.delta_id = m.delta_id \
+         WHERE m.channel_id = ? AND m.deleted = 0 AND m.message_id < ? ORDER BY m.message_id DESC LIMIT ?",
         &[
             channel_id.into(),
             before.unwrap_or(i64::MAX).into(),
@@ -276,5 +283,60 @@ mod tests {
             client_msg_id: None,
         });
         assert!(matches!(r, Ok((_, Effect::None))), "{r:?}");
+    }
+
+    /// A post's text is stored once, in its delta; GET_MESSAGES shows it until an edit
+    /// replaces it, and the delta log keeps the original.
+    #[test]
+    fn get_messages_shows_posted_then_edited_text() {
+        let mut k = Kit::new("msg_edit");
+        let ann = k.user("ann");
+        let (server_id, channel) = k.server(ann);
+        let first = id(&k.post(ann, channel, "first"), "message_id");
+        let second = id(&k.post(ann, channel, "second"), "message_id");
+        k.ok(Op::EditMessage {
+            user: ann,
+            message_id: first,
+            content: "first, edited".into(),
+        });
+        let got = k.ok(Op::GetMessages {
+            user: ann,
+            channel_id: channel,
+            before: None,
+            limit: 10,
+        });
+        let shown: Vec<_> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    id(m.as_object().unwrap(), "message_id"),
+                    m["content"].clone(),
+                    m["edited"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (first, json!("first, edited"), json!(true)),
+                (second, json!("second"), json!(false))
+            ]
+        );
+        let log = k.ok(Op::Sync {
+            user: ann,
+            server_id,
+            after: 0,
+            limit: 100,
+        });
+        let texts: Vec<_> = log["missing_deltas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["type"] == "message" || d["type"] == "edit")
+            .map(|d| d["content"].clone())
+            .collect();
+        assert_eq!(texts, vec![json!("first"), json!("second"), json!("first, edited")]);
     }
 }

@@ -675,7 +675,63 @@ pub fn run_read(db: &mut dyn Db, s: &Settings, op: Op) -> OpResult<Step> {
     }
 }
 
-pub type Reply = (Map<String, Value>, Effect);
+/// What a committed write answers: a success response's data object, or the ids of a
+/// posted, edited or deleted message. Those are the hot path: the finisher writes them
+/// straight into the frame, so the writer builds no map per post.
+#[derive(Debug)]
+pub enum Answer {
+    Data(Map<String, Value>),
+    Message(MessageIds),
+}
+
+impl Answer {
+    /// The data object, whichever form it came in (tests, the generic path).
+    pub fn into_map(self) -> Map<String, Value> {
+        match self {
+            Answer::Data(m) => m,
+            Answer::Message(ids) => obj([
+                ("delta_id", ids.delta_id.into()),
+                ("message_id", sid(ids.message_id)),
+                ("server_id", sid(ids.server_id)),
+            ]),
+        }
+    }
+}
+
+impl From<Map<String, Value>> for Answer {
+    fn from(m: Map<String, Value>) -> Answer {
+        Answer::Data(m)
+    }
+}
+
+/// `{delta_id, message_id, server_id}` of POST/EDIT/DELETE_MESSAGE. Serialises exactly as
+/// [`Answer::into_map`] does (same keys, same order, ids as strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageIds {
+    pub delta_id: i64,
+    pub message_id: i64,
+    pub server_id: i64,
+}
+
+impl serde::Serialize for MessageIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// An id written as a JSON string without an intermediate `String`.
+        struct Id(i64);
+        impl serde::Serialize for Id {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+        let mut st = s.serialize_struct("MessageIds", 3)?;
+        st.serialize_field("delta_id", &self.delta_id)?;
+        st.serialize_field("message_id", &Id(self.message_id))?;
+        st.serialize_field("server_id", &Id(self.server_id))?;
+        st.end()
+    }
+}
+
+pub type Reply = (Answer, Effect);
 
 pub const DELTA_INSERT_COLUMNS: &[&str] = &[
     "server_id",
@@ -712,7 +768,8 @@ pub fn insert_many(db: &mut dyn Db, table: &str, columns: &[&str], rows: Vec<Vec
         let n = [256, 64, 16, 4, 1].into_iter().find(|n| *n <= rest).unwrap_or(1);
         let one = format!("({})", vec!["?"; columns.len()].join(", "));
         let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {}",
+            "{} INTO {table} ({}) VALUES {}",
+            db.insert_all_or_rollback(),
             columns.join(", "),
             vec![one; n].join(", ")
         );
@@ -790,22 +847,32 @@ pub fn run_write(
             content,
             attachments,
             client_msg_id,
-        } => messages::post(
-            &mut tx,
-            messages::Post {
+        } => {
+            let post = messages::Post {
                 user,
                 channel_id,
                 content,
                 attachments,
                 client_msg_id,
-            },
-        )?,
+            };
+            return Ok((Answer::Message(messages::post(&mut tx, post)?), Effect::None));
+        }
         Op::EditMessage {
             user,
             message_id,
             content,
-        } => messages::edit(&mut tx, user, message_id, content)?,
-        Op::DeleteMessage { user, message_id } => messages::delete(&mut tx, user, message_id)?,
+        } => {
+            return Ok((
+                Answer::Message(messages::edit(&mut tx, user, message_id, content)?),
+                Effect::None,
+            ))
+        }
+        Op::DeleteMessage { user, message_id } => {
+            return Ok((
+                Answer::Message(messages::delete(&mut tx, user, message_id)?),
+                Effect::None,
+            ))
+        }
         Op::RecordFile {
             user,
             server_id,
@@ -829,7 +896,7 @@ pub fn run_write(
         )?,
         other => return Err(ApiError::internal(format!("not a write op: {other:?}")).into()),
     };
-    Ok((data, Effect::None))
+    Ok((data.into(), Effect::None))
 }
 
 /// Builds a response data object from pairs.
@@ -845,4 +912,24 @@ pub fn sid(id: i64) -> Value {
 /// Parses a wire id; an id that is not ours simply matches nothing.
 pub fn parse_id(s: &str) -> Option<i64> {
     s.parse::<i64>().ok().filter(|v| *v > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_success, encode_success_with};
+
+    #[test]
+    fn message_ids_encode_like_their_map() {
+        let ids = MessageIds {
+            delta_id: 42,
+            message_id: 1_838_526_488_243_200,
+            server_id: i64::MAX,
+        };
+        let id = Value::from("c-1");
+        let direct = encode_success_with("POST_MESSAGE", Some(&id), &ids);
+        let via_map = encode_success("POST_MESSAGE", Some(&id), &Answer::Message(ids).into_map());
+        assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&via_map));
+        assert!(direct.starts_with(br#"{"action":"POST_MESSAGE_RESPONSE","id":"c-1","data":{"status":"success","delta_id":42,"message_id":"1838526488243200""#));
+    }
 }

@@ -78,10 +78,10 @@ struct Envelope<'a, D: Serialize> {
 }
 
 #[derive(Serialize)]
-struct Success<'a> {
+struct Success<'a, R: Serialize> {
     status: &'static str,
     #[serde(flatten)]
-    rest: &'a Map<String, Value>,
+    rest: &'a R,
 }
 
 #[derive(Serialize)]
@@ -113,6 +113,11 @@ fn encode<D: Serialize>(action: &str, id: Option<&Value>, data: D) -> Vec<u8> {
 
 /// A success response: `{"action": "<A>_RESPONSE", "id": .., "data": {"status": "success", ..}}`.
 pub fn encode_success(action: &str, id: Option<&Value>, data: &Map<String, Value>) -> Vec<u8> {
+    encode_success_with(action, id, data)
+}
+
+/// A success response whose data (after `status`) is any object-shaped value.
+pub fn encode_success_with<R: Serialize>(action: &str, id: Option<&Value>, data: &R) -> Vec<u8> {
     encode(
         &response_action(action),
         id,

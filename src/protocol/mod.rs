@@ -10,4 +10,4 @@ pub mod routes;
 
 pub use action::Action;
 pub use error::{ApiError, ErrorCode};
-pub use frame::{decode, encode_error, encode_push, encode_success, DecodeError, Request};
+pub use frame::{decode, encode_error, encode_push, encode_success, encode_success_with, DecodeError, Request};

@@ -116,6 +116,11 @@ pub trait Db: Send {
     fn rollback(&mut self);
     /// `INSERT` that silently skips rows violating a unique key, in this backend's dialect.
     fn insert_ignore(&self) -> &'static str;
+    /// `INSERT` for multi-row inserts whose failure fails the whole transaction (or
+    /// savepoint): rows written before the failing one may stay until the rollback.
+    fn insert_all_or_rollback(&self) -> &'static str {
+        "INSERT"
+    }
 
     /// The first row of a query, if any.
     fn query_row(&mut self, sql: &str, params: &[Val]) -> Result<Option<Row>, StoreError> {
