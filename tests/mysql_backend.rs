@@ -442,15 +442,34 @@ fn connection_id(db: &mut dyn Db) -> i64 {
         .unwrap()
 }
 
+fn kill(id: i64) {
+    admin().query_drop(format!("KILL CONNECTION {id}")).unwrap();
+}
+
 #[test]
-fn a_killed_connection_fails_once_then_reconnects() {
+fn a_connection_closed_by_the_server_is_replaced_outside_a_transaction() {
+    // As after a restart of the database (or its wait_timeout, or KILL): the pooled
+    // connection is gone. A read is retried once on a new connection.
     let (_t, mut db) = TempDb::migrated("reconnect");
     let id = connection_id(db.as_mut());
-    admin().query_drop(format!("KILL CONNECTION {id}")).unwrap();
-    let err = db.query("SELECT 1", &[]).unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert_ne!(connection_id(db.as_mut()), id);
+    kill(id);
     assert_eq!(count(db.as_mut(), "users"), 0);
+    assert_ne!(connection_id(db.as_mut()), id);
+    // So is START TRANSACTION: nothing had run yet.
+    kill(connection_id(db.as_mut()));
+    db.begin().unwrap();
+    db.execute(INSERT_USER, &[1.into(), "A".into(), "a".into()]).unwrap();
+    db.commit().unwrap();
+    // A write in autocommit is not: the server may have applied it before the connection
+    // went, and running it again could apply it twice. It fails once, then reconnects.
+    let id = connection_id(db.as_mut());
+    kill(id);
+    let err = db
+        .execute(INSERT_USER, &[2.into(), "B".into(), "b".into()])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(count(db.as_mut(), "users"), 1);
+    assert_ne!(connection_id(db.as_mut()), id);
 }
 
 #[test]
