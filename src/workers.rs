@@ -12,18 +12,24 @@
 //! A full queue is refused at once (`unavailable`); a job that waited past its deadline
 //! is answered `unavailable` without being run, so a stalled database turns into errors
 //! in bounded time rather than a growing backlog.
+//!
+//! A janitor thread, with a storage connection of its own, sweeps the file store for
+//! orphans (`files::sweep`) at start and then on its schedule; it answers nobody, so it
+//! takes no queue slot and the loop never hears of it.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
-use log::{error, warn};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use log::{error, info, warn};
 use serde_json::Value;
 
 use crate::chat::delta::{Delta, Published};
 use crate::chat::ops::{self, Effect, Op, Settings, Step, WriterState};
+use crate::files::{self, SweepSchedule, Swept};
 use crate::protocol::{encode_error, encode_success, Action, ApiError};
 use crate::store::{self, Db, StoreError};
 use crate::token::ConnId;
@@ -74,6 +80,8 @@ pub struct Pool {
     pub done_rx: Receiver<Done>,
     pub wake_pending: Arc<AtomicBool>,
     pub stats: Arc<PoolStats>,
+    /// Dropped at shutdown: the janitor stops.
+    janitor_stop: Option<Sender<()>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -148,12 +156,14 @@ fn store_error(e: store::StoreError) -> ApiError {
 }
 
 impl Pool {
-    /// Starts `workers - 1` readers and one writer, each with its own connection to `url`.
+    /// Starts `workers - 1` readers and one writer, each with its own connection to `url`,
+    /// and the orphan-sweeping janitor (with one too) if `sweep` says when.
     pub fn start(
         url: &str,
         workers: usize,
         queue: usize,
         settings: Settings,
+        sweep: Option<SweepSchedule>,
         waker: Arc<mio::Waker>,
         test_delay: Duration,
     ) -> Result<Pool, store::StoreError> {
@@ -162,6 +172,7 @@ impl Pool {
             store::StoreError::Internal(format!("files directory {}: {e}", settings.files_dir.display()))
         })?;
         let (storage_timeout, max_batch) = (settings.storage_timeout, settings.max_batch);
+        let files_dir = settings.files_dir.clone();
         let (read_tx, read_rx) = bounded::<Job>(queue);
         let (write_tx, write_rx) = bounded::<Job>(queue);
         let (done_tx, done_rx) = unbounded();
@@ -201,12 +212,24 @@ impl Pool {
             .spawn(move || finisher(fin_rx, sh))
             .map_err(|e| store::StoreError::Internal(e.to_string()))?;
         handles.push(h);
+        let mut janitor_stop = None;
+        if let Some(schedule) = sweep {
+            let db = store::open(url, storage_timeout)?;
+            let (stop_tx, stop_rx) = bounded::<()>(0);
+            let h = std::thread::Builder::new()
+                .name("chimed-janitor".into())
+                .spawn(move || janitor(db, &files_dir, schedule, stop_rx))
+                .map_err(|e| store::StoreError::Internal(e.to_string()))?;
+            handles.push(h);
+            janitor_stop = Some(stop_tx);
+        }
         Ok(Pool {
             read_tx: Some(read_tx),
             write_tx: Some(write_tx),
             done_rx,
             wake_pending,
             stats,
+            janitor_stop,
             handles,
         })
     }
@@ -241,6 +264,7 @@ impl Pool {
     pub fn shutdown(&mut self) {
         self.read_tx = None;
         self.write_tx = None;
+        self.janitor_stop = None;
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
@@ -274,6 +298,26 @@ fn reader(mut db: Box<dyn Db>, rx: Receiver<Job>, write_tx: Sender<Job>, sh: Arc
                 }
             }
             Err(e) => sh.answer(job.origin, Err(e.into_api(store_error)), Vec::new()),
+        }
+    }
+}
+
+/// Sweeps the file store for orphans now and then every `schedule.every`, until the pool
+/// shuts down (its stop sender dropped; a sweep in progress stops between shards).
+fn janitor(mut db: Box<dyn Db>, files_dir: &Path, schedule: SweepSchedule, stop: Receiver<()>) {
+    loop {
+        let mut stopping = || !matches!(stop.try_recv(), Err(TryRecvError::Empty));
+        match files::sweep(db.as_mut(), files_dir, schedule.grace, SystemTime::now(), &mut stopping) {
+            Ok(s) if s == Swept::default() => {}
+            Ok(s) => info!(
+                "file sweep: removed {} unreferenced blobs ({} bytes) and {} stale temp files",
+                s.blobs, s.blob_bytes, s.temps
+            ),
+            Err(e) => warn!("file sweep: {e}; trying again in {:?}", schedule.every),
+        }
+        match stop.recv_timeout(schedule.every) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }

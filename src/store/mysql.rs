@@ -34,7 +34,8 @@ use super::{Db, Row, StoreError, Val};
 
 /// The schema, one migration per entry; entry `i` brings the database to version `i + 1`.
 /// MySQL commits DDL implicitly, so every statement is idempotent (`IF NOT EXISTS`, indexes
-/// inside `CREATE TABLE`): a migration interrupted half-way is simply run again.
+/// inside `CREATE TABLE`, or a `CREATE INDEX` whose duplicate is ignored): a migration
+/// interrupted half-way is simply run again.
 const MIGRATIONS: &[&[&str]] = &[
     // 1: accounts, communities, channels, the delta log, messages, invites, files.
     &[
@@ -147,6 +148,9 @@ const MIGRATIONS: &[&[&str]] = &[
             created_at BIGINT NOT NULL
         )",
     ],
+    // 2: the orphan-blob sweep asks which digests have a `files` row. (MySQL has no
+    // `CREATE INDEX IF NOT EXISTS`: an existing index of this name counts as done.)
+    &["CREATE INDEX files_sha256 ON files (sha256)"],
 ];
 
 /// Appended to every `CREATE TABLE`.
@@ -576,6 +580,18 @@ pub fn migrate(url: &str, timeout: Duration) -> Result<u32, StoreError> {
     result
 }
 
+/// Runs one migration statement; a `CREATE INDEX` of an index that exists (a migration
+/// run again after an interruption) is done already.
+fn ddl(db: &mut MysqlDb, sql: &str) -> Result<(), StoreError> {
+    let r = run(db.conn()?.0, sql, &[]);
+    match r {
+        Ok(_) => Ok(()),
+        // ER_DUP_KEYNAME.
+        Err(mysql::Error::MySqlError(m)) if m.code == 1061 && sql.starts_with("CREATE INDEX") => Ok(()),
+        Err(e) => Err(db.fail(e)),
+    }
+}
+
 fn apply_migrations(db: &mut MysqlDb) -> Result<u32, StoreError> {
     db.execute(
         &format!("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL){TABLE_OPTIONS}"),
@@ -597,7 +613,7 @@ fn apply_migrations(db: &mut MysqlDb) -> Result<u32, StoreError> {
             } else {
                 sql.to_string()
             };
-            db.execute(&sql, &[])?;
+            ddl(db, &sql)?;
         }
         db.execute(
             "INSERT INTO schema_version (version) VALUES (?)",
