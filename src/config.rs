@@ -141,6 +141,14 @@ pub struct Config {
     pub turn_uris: Vec<String>,
     /// 24 h: lifetime of TURN credentials.
     pub turn_ttl_s: u64,
+    /// 3600 s: an unreferenced blob or a temp file of no live upload is removed once it is
+    /// this old. A blob's row is committed within about `storage_timeout_ms` of the blob, so
+    /// any margin works; an hour leaves room for clock steps. At least 60 and at least twice
+    /// the storage timeout.
+    pub file_gc_grace_s: u64,
+    /// 3600 s: how often the orphan sweep runs (on a worker thread of its own; the first at
+    /// start). 0: never.
+    pub file_gc_interval_s: u64,
     /// Test hook: every storage job first sleeps this long (simulates a stalled database).
     pub test_storage_delay_ms: u64,
 }
@@ -185,6 +193,8 @@ impl Default for Config {
             turn_secret: None,
             turn_uris: Vec::new(),
             turn_ttl_s: 24 * 3600,
+            file_gc_grace_s: 3600,
+            file_gc_interval_s: 3600,
             test_storage_delay_ms: 0,
         }
     }
@@ -296,6 +306,12 @@ impl Config {
         if self.handshake_timeout_s == 0 {
             return bad("handshake_timeout_s must be at least 1");
         }
+        // Younger blobs may be uploads whose row is not committed yet.
+        if self.file_gc_grace_s < 60
+            || self.file_gc_grace_s.saturating_mul(1000) < self.storage_timeout_ms.saturating_mul(2)
+        {
+            return bad("file_gc_grace_s must be at least 60 and at least twice storage_timeout_ms");
+        }
         Ok(())
     }
 
@@ -311,6 +327,14 @@ impl Config {
     /// `handshake_timeout_s` as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_s)
+    }
+
+    /// The orphan sweep's schedule; `None` when it never runs.
+    pub fn file_gc(&self) -> Option<crate::files::SweepSchedule> {
+        (self.file_gc_interval_s > 0).then(|| crate::files::SweepSchedule {
+            grace: Duration::from_secs(self.file_gc_grace_s),
+            every: Duration::from_secs(self.file_gc_interval_s),
+        })
     }
 }
 
@@ -377,6 +401,15 @@ mod tests {
         assert!(invalid("flood_disconnect_after = 0"));
         assert!(invalid("flood_window_s = 0"));
         assert!(invalid("handshake_timeout_s = 0"));
+        assert!(invalid("file_gc_grace_s = 59"));
+        assert!(invalid("file_gc_grace_s = 60\nstorage_timeout_ms = 30001"));
+        assert!(!invalid(
+            "file_gc_grace_s = 60\nstorage_timeout_ms = 30000\nfile_gc_interval_s = 0"
+        ));
+        assert_eq!(
+            toml::from_str::<Config>("file_gc_interval_s = 0").unwrap().file_gc(),
+            None
+        );
         assert!(!invalid(
             "idle_timeout_s = 0\nmax_connections_per_ip = 0\nlogin_fail_ip_burst = 0"
         ));

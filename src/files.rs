@@ -5,19 +5,29 @@
 //! to a temp file under `<files_dir>/tmp/`, hashed as it arrives, fsynced, then renamed
 //! into place (atomic: a reader sees the whole blob or none) and the directory fsynced;
 //! only then does the writer record the `files` row, so a recorded file always has its
-//! bytes. A crash can leave a blob without a row (harmless, never served) or a temp file
-//! (deleted at the next start), never a row without its blob.
+//! bytes. A crash can leave a blob without a row (never served) or a temp file (deleted at
+//! the next start), never a row without its blob; so can a refused `RecordFile`.
+//!
+//! [`sweep`] removes those: blobs that no `files` row names and temp files of no live
+//! upload, once they are older than a grace period. A blob's age is its modification time,
+//! which `finish` sets to now whether it puts the blob in place or keeps an identical one
+//! already there, so a blob whose row is about to be committed is never old. The sweep and
+//! `finish` take turns on [`BLOBS`] for that last step.
 //!
 //! The loop streams the bytes; every call here blocks on the file system, so it runs on
 //! the workers only. [`Upload`] and [`Download`] travel between the two inside ops and
 //! effects; an `Upload` that is dropped anywhere (an error, an expired job, a closed
 //! connection) removes its temp file.
 
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use log::{error, warn};
 use rand_core::{OsRng, RngCore};
@@ -27,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::chat::ops::{obj, sid, Effect, Op, OpResult, Settings, Step, WriterState};
 use crate::chat::roles;
 use crate::protocol::ApiError;
-use crate::store::{Db, RowExt};
+use crate::store::{Db, RowExt, StoreError, Val};
 use crate::time::now_ms;
 
 /// SPEC §6: larger uploads are refused (`too_large`, HTTP 413) and nothing is kept.
@@ -35,8 +45,24 @@ pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
 /// File names and content types are echoed in HTTP headers: keep them short.
 const MAX_NAME_CHARS: usize = 255;
 const MAX_CONTENT_TYPE_CHARS: usize = 255;
-/// Temp files are named `<random hex>.part`; only such names are swept at start.
+/// Temp files are named `<random hex>.part`; only such names are swept.
 const TEMP_SUFFIX: &str = ".part";
+
+/// Held by `finish` while it puts a blob in place or keeps an identical stored one (and
+/// refreshes its age), and by the sweep while it checks a blob's age and removes it: an
+/// upload that reuses an old unreferenced blob either finds it gone (and renames its own
+/// bytes into place) or makes it young before the sweep looks again.
+static BLOBS: Mutex<()> = Mutex::new(());
+
+/// The temp file names of this process's uploads in progress: the sweep leaves them alone
+/// however long a slow client takes (the file's age only moves when a chunk is written).
+static LIVE_TEMPS: Mutex<BTreeSet<OsString>> = Mutex::new(BTreeSet::new());
+
+/// A poisoned lock only means another thread panicked holding it; the data is a set of
+/// names (or nothing), always usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// An upload in progress: its temp file, the running hash and what the row will say.
 pub struct Upload {
@@ -68,6 +94,9 @@ impl Drop for Upload {
                     warn!("cannot remove temp upload {}: {e}", self.path.display());
                 }
             }
+        }
+        if let Some(name) = self.path.file_name() {
+            lock(&LIVE_TEMPS).remove(name);
         }
     }
 }
@@ -139,8 +168,15 @@ fn tmp_dir(files_dir: &Path) -> PathBuf {
 /// Where the blob with this digest lives. The digest must be 64 lower-case hex digits
 /// (it comes from the database when downloading: never let it name another path).
 fn blob_path(files_dir: &Path, sha256: &str) -> Option<PathBuf> {
-    let ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    ok.then(|| files_dir.join(&sha256[..2]).join(sha256))
+    is_digest(sha256).then(|| files_dir.join(&sha256[..2]).join(sha256))
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && is_lower_hex(s)
 }
 
 /// At pool start, before any worker runs: creates `<files_dir>/tmp` and deletes the
@@ -216,6 +252,9 @@ pub fn begin(
         r => r,
     }
     .map_err(|e| io_error("cannot create temp upload", &path, e))?;
+    if let Some(name) = path.file_name() {
+        lock(&LIVE_TEMPS).insert(name.to_os_string());
+    }
     let upload = Upload {
         file,
         path,
@@ -253,6 +292,11 @@ pub fn write(mut upload: Box<Upload>, bytes: &[u8]) -> OpResult<Step> {
 /// `Op::UploadFinish`: makes the blob durable under its digest, then hands on to the
 /// writer, which records the row ([`record`]).
 pub fn finish(s: &Settings, mut upload: Box<Upload>) -> OpResult<Step> {
+    // The blob's age for the sweep starts now, not at the last chunk written.
+    upload
+        .file
+        .set_modified(SystemTime::now())
+        .map_err(|e| io_error("cannot set the time of temp upload", &upload.path, e))?;
     upload
         .file
         .sync_all()
@@ -264,15 +308,21 @@ pub fn finish(s: &Settings, mut upload: Box<Upload>) -> OpResult<Step> {
         fs::create_dir_all(&shard).map_err(|e| io_error("cannot create blob directory", &shard, e))?;
         sync_dir(&s.files_dir).map_err(|e| io_error("cannot fsync", &s.files_dir, e))?;
     }
-    // Same digest and size: the same bytes are already stored (dedupe). A blob of another
-    // size under this name can only be damage; the rename below replaces it.
+    // Same digest and size: the same bytes are already stored (dedupe); made young, so
+    // the sweep leaves it to the row about to be committed. A blob of another size under
+    // this name can only be damage; the rename below replaces it.
+    let blobs = lock(&BLOBS);
     let stored = fs::metadata(&dest).ok().filter(|m| m.is_file()).map(|m| m.len());
-    if stored == Some(upload.size) {
+    let kept = stored == Some(upload.size) && touch(&dest).is_ok();
+    if !kept {
+        fs::rename(&upload.path, &dest).map_err(|e| io_error("cannot move upload into place", &dest, e))?;
+    }
+    drop(blobs);
+    if kept {
         if let Err(e) = fs::remove_file(&upload.path) {
             warn!("cannot remove duplicate upload {}: {e}", upload.path.display());
         }
     } else {
-        fs::rename(&upload.path, &dest).map_err(|e| io_error("cannot move upload into place", &dest, e))?;
         sync_dir(&shard).map_err(|e| io_error("cannot fsync", &shard, e))?;
     }
     upload.committed = true;
@@ -285,6 +335,163 @@ pub fn finish(s: &Settings, mut upload: Box<Upload>) -> OpResult<Step> {
         size: upload.size as i64,
         sha256,
     }))
+}
+
+/// Sets a stored blob's modification time to now.
+fn touch(path: &Path) -> io::Result<()> {
+    File::open(path)?.set_modified(SystemTime::now())
+}
+
+/// What a [`sweep`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Blobs no `files` row names.
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    /// Temp files of uploads that are not in progress.
+    pub temps: usize,
+}
+
+/// Why a sweep stopped before the end.
+#[derive(Debug)]
+pub enum SweepError {
+    /// The files directory (or its `tmp/`) cannot be listed.
+    Io(PathBuf, io::Error),
+    /// Storage did not say which digests are referenced; nothing more was removed.
+    Store(StoreError),
+}
+
+impl fmt::Display for SweepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SweepError::Io(p, e) => write!(f, "cannot list {}: {e}", p.display()),
+            SweepError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SweepError {}
+
+/// When the orphan sweep runs (`Config::file_gc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSchedule {
+    /// Only files older than this are removed.
+    pub grace: Duration,
+    /// The time between two sweeps.
+    pub every: Duration,
+}
+
+/// Digests asked about per query; a short chunk is padded, so there is one statement shape.
+const SWEEP_LOOKUP: usize = 64;
+
+/// The orphan sweep, on a worker (never the loop): removes every blob that no `files` row
+/// names and every temp file of no live upload, if older than `grace` at `now`. `stop` is
+/// asked between shard directories (shutdown). Removes nothing younger than `grace`, so an
+/// upload between its rename and its commit keeps its blob.
+pub fn sweep(
+    db: &mut dyn Db,
+    files_dir: &Path,
+    grace: Duration,
+    now: SystemTime,
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Swept, SweepError> {
+    let cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut swept = Swept::default();
+    sweep_temps(files_dir, cutoff, &mut swept)?;
+    let shards = fs::read_dir(files_dir).map_err(|e| SweepError::Io(files_dir.to_path_buf(), e))?;
+    for shard in shards {
+        if stop() {
+            break;
+        }
+        let shard = shard.map_err(|e| SweepError::Io(files_dir.to_path_buf(), e))?;
+        let name = shard.file_name();
+        let Some(prefix) = name.to_str().filter(|n| n.len() == 2 && is_lower_hex(n)) else {
+            continue;
+        };
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = shard.path();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!("file sweep: cannot list {}: {e}", dir.display());
+                continue;
+            }
+        };
+        let old: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.metadata().is_ok_and(|m| old_file(&m, cutoff)))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_digest(n) && n.starts_with(prefix))
+            .collect();
+        for chunk in old.chunks(SWEEP_LOOKUP) {
+            let referenced = referenced(db, chunk).map_err(SweepError::Store)?;
+            for sha in chunk.iter().filter(|d| !referenced.contains(*d)) {
+                if let Some(bytes) = remove_if_old(&dir.join(sha), cutoff) {
+                    swept.blobs += 1;
+                    swept.blob_bytes += bytes;
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// A regular file (not a link or a directory) last modified at or before `cutoff`.
+fn old_file(m: &fs::Metadata, cutoff: SystemTime) -> bool {
+    m.is_file() && m.modified().is_ok_and(|t| t <= cutoff)
+}
+
+/// The digests among `digests` that some `files` row names.
+fn referenced(db: &mut dyn Db, digests: &[String]) -> Result<HashSet<String>, StoreError> {
+    let sql = format!(
+        "SELECT DISTINCT sha256 FROM files WHERE sha256 IN ({})",
+        vec!["?"; SWEEP_LOOKUP].join(", ")
+    );
+    let mut params: Vec<Val> = digests.iter().map(|d| Val::from(d.as_str())).collect();
+    params.resize(SWEEP_LOOKUP, Val::Text(String::new()));
+    db.query(&sql, &params)?.iter().map(|r| r.text(0)).collect()
+}
+
+/// Removes a blob if it is still old: `finish` may have made it young since it was listed.
+/// Returns its size.
+fn remove_if_old(path: &Path, cutoff: SystemTime) -> Option<u64> {
+    let _blobs = lock(&BLOBS);
+    let m = fs::symlink_metadata(path).ok().filter(|m| old_file(m, cutoff))?;
+    match fs::remove_file(path) {
+        Ok(()) => Some(m.len()),
+        Err(e) => {
+            warn!("file sweep: cannot remove {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Temp files under `tmp/` of no live upload, older than `cutoff`.
+fn sweep_temps(files_dir: &Path, cutoff: SystemTime, swept: &mut Swept) -> Result<(), SweepError> {
+    let tmp = tmp_dir(files_dir);
+    let entries = match fs::read_dir(&tmp) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SweepError::Io(tmp, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        // Held while removing, so an upload cannot start under this name meanwhile.
+        let live = lock(&LIVE_TEMPS);
+        if live.contains(&name) || !entry.metadata().is_ok_and(|m| old_file(&m, cutoff)) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => swept.temps += 1,
+            Err(e) => warn!("file sweep: cannot remove {}: {e}", entry.path().display()),
+        }
+    }
+    Ok(())
 }
 
 /// The `files` row's fields, as `Op::RecordFile` carries them.
@@ -405,7 +612,7 @@ pub fn read(download: Box<Download>, offset: u64, len: usize) -> OpResult<Step> 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::{Duration, Instant, SystemTime};
 
     use super::*;
     use crate::protocol::ErrorCode;
@@ -569,7 +776,7 @@ mod tests {
         let u = begin(&mut k, owner, channel, "c").unwrap();
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let mut pool = crate::workers::Pool::start(&k.url, 2, 8, k.s.clone(), waker, Duration::ZERO).unwrap();
+        let mut pool = crate::workers::Pool::start(&k.url, 2, 8, k.s.clone(), None, waker, Duration::ZERO).unwrap();
         let origin = crate::workers::Origin {
             conn: crate::token::ConnId { key: 0, generation: 0 },
             seq: Some(1),
@@ -720,5 +927,129 @@ mod tests {
         assert_eq!(temps(&k), vec!["README".to_string()]);
         assert!(blob_path(&k.s.files_dir, "../../etc/passwd").is_none());
         assert!(blob_path(&k.s.files_dir, &"A".repeat(64)).is_none());
+    }
+
+    /// UploadFinish as a reader runs it, without the writer's RecordFile after it: the
+    /// blob is in place and its row is not (a crash or a refusal in between).
+    fn finish_unrecorded(k: &mut Kit, upload: Box<Upload>) -> Op {
+        match crate::chat::ops::run_read(k.db.as_mut(), &k.s, Op::UploadFinish { upload }) {
+            Ok(Step::Write(op)) => op,
+            Ok(Step::Done(d, e)) => panic!("unexpected {d:?} {e:?}"),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn blob(k: &Kit, content: &[u8]) -> PathBuf {
+        blob_path(&k.s.files_dir, &sha_hex(content)).unwrap()
+    }
+
+    /// Sets a file's modification time (its age, as the sweep sees it).
+    fn set_mtime(path: &Path, t: SystemTime) {
+        File::open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    fn no_stop() -> bool {
+        false
+    }
+
+    #[test]
+    fn sweep_removes_old_unreferenced_blobs_and_stale_temp_files_only() {
+        let mut k = Kit::new("files_gc");
+        let owner = k.user("ann");
+        let (_, channel) = k.server(owner);
+        let dir = k.s.files_dir.clone();
+        upload(&mut k, owner, channel, &[b"recorded"]);
+        let u = begin(&mut k, owner, channel, "orphan").unwrap();
+        let u = write(&mut k, u, b"orphan").unwrap();
+        finish_unrecorded(&mut k, u);
+        let u = begin(&mut k, owner, channel, "young").unwrap();
+        let u = write(&mut k, u, b"young orphan").unwrap();
+        finish_unrecorded(&mut k, u);
+        // An upload still going on, whatever its temp file's age.
+        let live = begin(&mut k, owner, channel, "live").unwrap();
+        let live = write(&mut k, live, b"live ").unwrap();
+        // A temp file an interrupted upload left behind, and files that are not ours.
+        let tmp = tmp_dir(&dir);
+        fs::write(tmp.join("0123abcd.part"), b"interrupted").unwrap();
+        fs::write(tmp.join("README"), b"not ours").unwrap();
+        let sha = sha_hex(b"orphan");
+        fs::write(dir.join(&sha[..2]).join("notes.txt"), b"not a blob").unwrap();
+        fs::create_dir_all(dir.join("other")).unwrap();
+        fs::write(dir.join("other").join(&sha), b"not in its shard").unwrap();
+
+        // The clock, two hours on: everything on disk is old but the young orphan.
+        let hour = Duration::from_secs(3600);
+        let now = SystemTime::now() + 2 * hour;
+        set_mtime(&blob(&k, b"young orphan"), now - hour / 2);
+        let swept = sweep(k.db.as_mut(), &dir, hour, now, &mut no_stop).unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                blobs: 1,
+                blob_bytes: 6,
+                temps: 1
+            }
+        );
+        assert!(!blob(&k, b"orphan").exists());
+        assert!(blob(&k, b"recorded").exists());
+        assert!(blob(&k, b"young orphan").exists());
+        let mut left = temps(&k);
+        left.sort();
+        assert_eq!(left.len(), 2, "{left:?}"); // the live upload's and README
+        assert!(left.contains(&"README".to_string()));
+        assert!(dir.join(&sha[..2]).join("notes.txt").exists());
+        assert!(dir.join("other").join(&sha).exists());
+        // The live upload goes on and is recorded.
+        let live = write(&mut k, live, b"bytes").unwrap();
+        let d = k.ok(Op::UploadFinish { upload: live });
+        assert_eq!(d["sha256"], sha_hex(b"live bytes").as_str());
+        // Nothing more to do; an hour later the young orphan goes too.
+        assert_eq!(
+            sweep(k.db.as_mut(), &dir, hour, now, &mut no_stop).unwrap(),
+            Swept::default()
+        );
+        let swept = sweep(k.db.as_mut(), &dir, hour, now + hour, &mut no_stop).unwrap();
+        assert_eq!(swept.blobs, 1);
+        assert!(!blob(&k, b"young orphan").exists());
+        assert!(blob(&k, b"recorded").exists() && blob(&k, b"live bytes").exists());
+    }
+
+    #[test]
+    fn an_upload_deduplicated_onto_an_old_orphan_keeps_it_from_the_sweep() {
+        let mut k = Kit::new("files_gc_dedupe");
+        let owner = k.user("ann");
+        let (_, channel) = k.server(owner);
+        let dir = k.s.files_dir.clone();
+        let hour = Duration::from_secs(3600);
+        // An orphan from long ago.
+        let u = begin(&mut k, owner, channel, "a").unwrap();
+        let u = write(&mut k, u, b"same").unwrap();
+        finish_unrecorded(&mut k, u);
+        set_mtime(&blob(&k, b"same"), SystemTime::now() - 2 * hour);
+        // The same bytes again: the upload keeps the stored blob and drops its own; its
+        // row is committed a moment later. A sweep in between must not take the blob.
+        let u = begin(&mut k, owner, channel, "b").unwrap();
+        let u = write(&mut k, u, b"same").unwrap();
+        let record = finish_unrecorded(&mut k, u);
+        let swept = sweep(k.db.as_mut(), &dir, hour, SystemTime::now(), &mut no_stop).unwrap();
+        assert_eq!(swept, Swept::default());
+        let d = k.ok(record);
+        let (_, dl) = open(&mut k, owner, id(&d, "file_id")).unwrap();
+        assert_eq!(read_at(&mut k, dl, 0, 100).1, b"same");
+    }
+
+    #[test]
+    fn sweep_stops_when_asked() {
+        let mut k = Kit::new("files_gc_stop");
+        let owner = k.user("ann");
+        let (_, channel) = k.server(owner);
+        let u = begin(&mut k, owner, channel, "a").unwrap();
+        let u = write(&mut k, u, b"orphan").unwrap();
+        finish_unrecorded(&mut k, u);
+        let dir = k.s.files_dir.clone();
+        let later = SystemTime::now() + Duration::from_secs(7200);
+        let swept = sweep(k.db.as_mut(), &dir, Duration::from_secs(3600), later, &mut || true).unwrap();
+        assert_eq!(swept, Swept::default());
+        assert!(blob(&k, b"orphan").exists());
     }
 }

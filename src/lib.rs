@@ -5,7 +5,7 @@
 //!   [`conn::Conn`]s. It never blocks: no storage call, hash, fsync or sleep runs on it.
 //! - The **worker pool** (`workers`): reader threads run queries and Argon2; one writer
 //!   thread commits writes in batches (group commit). Results come back over a channel
-//!   and wake the loop through a `mio::Waker`.
+//!   and wake the loop through a `mio::Waker`. A janitor thread sweeps orphan files.
 //!
 //! # Tokens
 //! Connection tokens are slab keys; `LISTENER`, `WAKER` and `SIGNALS` sit at the top of

@@ -161,3 +161,46 @@ pub fn id(d: &Data, key: &str) -> i64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no id {key} in {d:?}"))
 }
+
+/// A `Db` that fails chosen statements: each `(prefix, n)` makes the next `n` statements
+/// starting with `prefix` fail with `Unavailable` (a lock timeout, a full disk), as a real
+/// backend can fail one statement inside a transaction that goes on.
+pub struct Faulty<'a> {
+    pub inner: &'a mut dyn Db,
+    pub fail: Vec<(&'static str, usize)>,
+}
+
+impl Faulty<'_> {
+    fn check(&mut self, sql: &str) -> Result<(), store::StoreError> {
+        for (prefix, n) in self.fail.iter_mut() {
+            if *n > 0 && sql.starts_with(*prefix) {
+                *n -= 1;
+                return Err(store::StoreError::Unavailable(format!("injected failure: {sql}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Db for Faulty<'_> {
+    fn execute(&mut self, sql: &str, params: &[store::Val]) -> Result<u64, store::StoreError> {
+        self.check(sql)?;
+        self.inner.execute(sql, params)
+    }
+    fn query(&mut self, sql: &str, params: &[store::Val]) -> Result<Vec<store::Row>, store::StoreError> {
+        self.check(sql)?;
+        self.inner.query(sql, params)
+    }
+    fn begin(&mut self) -> Result<(), store::StoreError> {
+        self.inner.begin()
+    }
+    fn commit(&mut self) -> Result<(), store::StoreError> {
+        self.inner.commit()
+    }
+    fn rollback(&mut self) {
+        self.inner.rollback()
+    }
+    fn insert_ignore(&self) -> &'static str {
+        self.inner.insert_ignore()
+    }
+}

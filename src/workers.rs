@@ -12,18 +12,24 @@
 //! A full queue is refused at once (`unavailable`); a job that waited past its deadline
 //! is answered `unavailable` without being run, so a stalled database turns into errors
 //! in bounded time rather than a growing backlog.
+//!
+//! A janitor thread, with a storage connection of its own, sweeps the file store for
+//! orphans (`files::sweep`) at start and then on its schedule; it answers nobody, so it
+//! takes no queue slot and the loop never hears of it.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
-use log::{error, warn};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use log::{error, info, warn};
 use serde_json::Value;
 
 use crate::chat::delta::{Delta, Published};
 use crate::chat::ops::{self, Answer, Effect, Op, Settings, Step, WriterState};
+use crate::files::{self, SweepSchedule, Swept};
 use crate::protocol::{encode_error, encode_success, encode_success_with, Action, ApiError};
 use crate::store::{self, Db, StoreError};
 use crate::token::ConnId;
@@ -74,6 +80,8 @@ pub struct Pool {
     pub done_rx: Receiver<Done>,
     pub wake_pending: Arc<AtomicBool>,
     pub stats: Arc<PoolStats>,
+    /// Dropped at shutdown: the janitor stops.
+    janitor_stop: Option<Sender<()>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -149,12 +157,14 @@ fn store_error(e: store::StoreError) -> ApiError {
 }
 
 impl Pool {
-    /// Starts `workers - 1` readers and one writer, each with its own connection to `url`.
+    /// Starts `workers - 1` readers and one writer, each with its own connection to `url`,
+    /// and the orphan-sweeping janitor (with one too) if `sweep` says when.
     pub fn start(
         url: &str,
         workers: usize,
         queue: usize,
         settings: Settings,
+        sweep: Option<SweepSchedule>,
         waker: Arc<mio::Waker>,
         test_delay: Duration,
     ) -> Result<Pool, store::StoreError> {
@@ -163,6 +173,7 @@ impl Pool {
             store::StoreError::Internal(format!("files directory {}: {e}", settings.files_dir.display()))
         })?;
         let (storage_timeout, max_batch) = (settings.storage_timeout, settings.max_batch);
+        let files_dir = settings.files_dir.clone();
         let (read_tx, read_rx) = bounded::<Job>(queue);
         let (write_tx, write_rx) = bounded::<Job>(queue);
         let (done_tx, done_rx) = unbounded();
@@ -202,12 +213,24 @@ impl Pool {
             .spawn(move || finisher(fin_rx, sh))
             .map_err(|e| store::StoreError::Internal(e.to_string()))?;
         handles.push(h);
+        let mut janitor_stop = None;
+        if let Some(schedule) = sweep {
+            let db = store::open(url, storage_timeout)?;
+            let (stop_tx, stop_rx) = bounded::<()>(0);
+            let h = std::thread::Builder::new()
+                .name("chimed-janitor".into())
+                .spawn(move || janitor(db, &files_dir, schedule, stop_rx))
+                .map_err(|e| store::StoreError::Internal(e.to_string()))?;
+            handles.push(h);
+            janitor_stop = Some(stop_tx);
+        }
         Ok(Pool {
             read_tx: Some(read_tx),
             write_tx: Some(write_tx),
             done_rx,
             wake_pending,
             stats,
+            janitor_stop,
             handles,
         })
     }
@@ -242,6 +265,7 @@ impl Pool {
     pub fn shutdown(&mut self) {
         self.read_tx = None;
         self.write_tx = None;
+        self.janitor_stop = None;
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
@@ -275,6 +299,26 @@ fn reader(mut db: Box<dyn Db>, rx: Receiver<Job>, write_tx: Sender<Job>, sh: Arc
                 }
             }
             Err(e) => sh.answer(job.origin, Err(e.into_api(store_error)), Vec::new()),
+        }
+    }
+}
+
+/// Sweeps the file store for orphans now and then every `schedule.every`, until the pool
+/// shuts down (its stop sender dropped; a sweep in progress stops between shards).
+fn janitor(mut db: Box<dyn Db>, files_dir: &Path, schedule: SweepSchedule, stop: Receiver<()>) {
+    loop {
+        let mut stopping = || !matches!(stop.try_recv(), Err(TryRecvError::Empty));
+        match files::sweep(db.as_mut(), files_dir, schedule.grace, SystemTime::now(), &mut stopping) {
+            Ok(s) if s == Swept::default() => {}
+            Ok(s) => info!(
+                "file sweep: removed {} unreferenced blobs ({} bytes) and {} stale temp files",
+                s.blobs, s.blob_bytes, s.temps
+            ),
+            Err(e) => warn!("file sweep: {e}; trying again in {:?}", schedule.every),
+        }
+        match stop.recv_timeout(schedule.every) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -419,7 +463,15 @@ pub fn run_batch<T>(
                 staged.push((tag, Err(ops::OpError::Store(e.clone()))));
                 return fail(db, state, staged, items.collect(), e);
             }
-            in_savepoint(db, |db| ops::run_write(db, settings, state, op, &mut deltas))
+            match in_savepoint(db, state, |db, state| {
+                ops::run_write(db, settings, state, op, &mut deltas)
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    staged.push((tag, Err(ops::OpError::Store(e.clone()))));
+                    return fail(db, state, staged, items.collect(), e);
+                }
+            }
         };
         staged.push((tag, r.map(|reply| (reply, deltas))));
     }
@@ -432,13 +484,118 @@ pub fn run_batch<T>(
     Ok(staged)
 }
 
-fn in_savepoint<T>(db: &mut dyn Db, f: impl FnOnce(&mut dyn Db) -> ops::OpResult<T>) -> ops::OpResult<T> {
+/// Runs one op in a savepoint; the inner result is the op's own. The outer `Err` is a
+/// savepoint statement that failed: the op may be half written, or the transaction gone
+/// (MySQL aborts it on a deadlock), so the caller must fail the whole batch rather than
+/// commit the rest.
+fn in_savepoint<T>(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    f: impl FnOnce(&mut dyn Db, &mut WriterState) -> ops::OpResult<T>,
+) -> Result<ops::OpResult<T>, StoreError> {
     db.execute("SAVEPOINT job", &[])?;
-    let r = f(db);
+    state.savepoint();
+    let r = f(db, state);
     if r.is_err() {
-        // ROLLBACK TO keeps the savepoint open; the ids it used stay spent (a gap).
+        // ROLLBACK TO keeps the savepoint open; the ids it used stay spent (a gap). What
+        // the op cached about the rows it wrote is forgotten with them.
         db.execute("ROLLBACK TO SAVEPOINT job", &[])?;
+        state.rolled_back();
     }
     db.execute("RELEASE SAVEPOINT job", &[])?;
-    r
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_batch;
+    use crate::chat::ops::{Effect, Op};
+    use crate::store::Val;
+    use crate::testkit::{Faulty, Kit};
+
+    fn join(user: i64, server_id: i64) -> Op {
+        Op::JoinServer {
+            user,
+            server_id: Some(server_id),
+            invite_code: None,
+        }
+    }
+
+    fn post(user: i64, channel_id: i64, content: &str) -> Op {
+        Op::PostMessage {
+            user,
+            channel_id,
+            content: content.into(),
+            attachments: Vec::new(),
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn an_op_rolled_back_after_opening_a_partition_leaves_it_to_the_next_delta() {
+        let mut k = Kit::new("batch_partition");
+        k.s.partition_size = 3;
+        let ann = k.user("ann");
+        let bob = k.user("bob");
+        let (server_id, channel) = k.server(ann); // deltas 1, 2
+        k.post(ann, channel, "m1"); // delta 3 fills partition 1
+                                    // Bob's join takes delta 4, records partition 2, then fails (its delta row is
+                                    // refused) and is rolled back to its savepoint, partition row included. Ann's
+                                    // post in the same batch takes delta 5: the first of partition 2 that exists.
+        let items = vec![(1, join(bob, server_id)), (2, post(ann, channel, "m2"))];
+        let mut db = Faulty {
+            inner: k.db.as_mut(),
+            fail: vec![("INSERT INTO deltas", 1)],
+        };
+        let staged = run_batch(&mut db, &mut k.w, &k.s, items).unwrap_or_else(|(_, e)| panic!("batch failed: {e}"));
+        assert!(staged[0].1.is_err());
+        let (_, deltas) = staged[1].1.as_ref().expect("the post commits");
+        assert_eq!(deltas[0].delta_id, 5, "the rolled-back delta id stays spent");
+        k.post(ann, channel, "m3"); // delta 6, a batch of its own
+        let partitions =
+            k.db.query(
+                "SELECT partition_no, first_delta_id FROM delta_partitions WHERE server_id = ? ORDER BY partition_no",
+                &[server_id.into()],
+            )
+            .unwrap();
+        assert_eq!(
+            partitions,
+            vec![vec![Val::Int(1), Val::Int(1)], vec![Val::Int(2), Val::Int(5)]]
+        );
+        let (_, effect) = k
+            .exec(Op::BackupBegin {
+                user: ann,
+                server_id,
+                from_partition: Some(2),
+            })
+            .expect("partition 2 can be backed up");
+        assert!(matches!(effect, Effect::Backup { after: 4, .. }), "{effect:?}");
+    }
+
+    #[test]
+    fn a_failed_rollback_to_savepoint_fails_the_whole_batch() {
+        let mut k = Kit::new("batch_savepoint");
+        let ann = k.user("ann");
+        let bob = k.user("bob");
+        let (server_id, channel) = k.server(ann);
+        // Bob's join inserts his membership, fails, and cannot be rolled back to its
+        // savepoint: committing the rest would commit half of it.
+        let items = vec![(1, join(bob, server_id)), (2, post(ann, channel, "m1"))];
+        let mut db = Faulty {
+            inner: k.db.as_mut(),
+            fail: vec![("INSERT INTO deltas", 1), ("ROLLBACK TO SAVEPOINT", 1)],
+        };
+        match run_batch(&mut db, &mut k.w, &k.s, items) {
+            Err((tags, _)) => assert_eq!(tags, vec![1, 2]),
+            Ok(staged) => panic!(
+                "committed: {:?}",
+                staged.iter().map(|(t, r)| (t, r.is_ok())).collect::<Vec<_>>()
+            ),
+        }
+        let q = format!("SELECT COUNT(*) FROM server_users WHERE user_id = {bob}");
+        assert_eq!(k.count(&q), 0);
+        assert_eq!(k.count("SELECT COUNT(*) FROM messages"), 0);
+        // The writer goes on from storage.
+        assert_eq!(k.post(ann, channel, "m2")["delta_id"], 3);
+    }
 }

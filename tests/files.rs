@@ -421,3 +421,54 @@ fn a_download_whose_reader_stalls_is_cut_after_the_slow_consumer_timeout() {
     // Others are served meanwhile and after.
     common::ping(&mut server.client());
 }
+
+/// Sets a file's modification time, as if it had been written `ago` before now.
+fn age(path: &Path, ago: Duration) {
+    let f = std::fs::File::open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+#[test]
+fn unreferenced_blobs_and_stale_temp_files_are_swept_off_the_loop() {
+    // A sweep every second; the grace period stays at its default (an hour).
+    let server = TestServer::start_with(&[], Some("file_gc_interval_s = 1\n"));
+    let o = owner(&server);
+    let files = server.dir().join("files");
+    let data = bytes(200_000, 5);
+    let meta = upload(&server, &o, "kept.bin", &data);
+    let sha = hex(&Sha256::digest(&data));
+    let kept = files.join(&sha[..2]).join(&sha);
+    assert!(kept.is_file());
+    age(&kept, Duration::from_secs(2 * 3600)); // old, but it has its row
+
+    // What a crash between rename and commit leaves (a blob without a row), two hours
+    // ago and just now, and an interrupted upload's temp file.
+    let plant = |content: &[u8], ago: Duration| {
+        let sha = hex(&Sha256::digest(content));
+        let dir = files.join(&sha[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(&sha);
+        std::fs::write(&p, content).unwrap();
+        age(&p, ago);
+        p
+    };
+    let old_orphan = plant(b"old orphan", Duration::from_secs(2 * 3600));
+    let new_orphan = plant(b"new orphan", Duration::from_secs(60));
+    let old_temp = files.join("tmp").join("00112233445566778899aabbccddeeff.part");
+    std::fs::write(&old_temp, b"interrupted").unwrap();
+    age(&old_temp, Duration::from_secs(2 * 3600));
+
+    let mut pinger = server.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old_orphan.exists() || old_temp.exists() {
+        assert!(Instant::now() < deadline, "not swept: {:?}", stored_files(&files));
+        common::ping_within(&mut pinger, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(new_orphan.exists(), "a blob younger than the grace period was swept");
+    assert!(kept.exists(), "a referenced blob was swept");
+    let mut h = Http::connect(server.addr());
+    let r = h.get(meta["download_url"].as_str().unwrap(), Some(&o.token));
+    assert_eq!(r.status, 200);
+    assert!(r.body == data);
+}

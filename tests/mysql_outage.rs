@@ -10,6 +10,9 @@
 //! - once the database is back, writes succeed again without restarting chimed, and every
 //!   acknowledged post is in the log (SYNC from 0).
 //!
+//! And after a clean restart (SIGTERM, start) every worker's connection is stale, yet the
+//! first reads and the first write succeed (each stale connection is replaced at once).
+//!
 //! Runs whatever `CHIMED_TEST_BACKEND` says (it is about MySQL). Needs the MariaDB server
 //! binaries (`mariadb-install-db`, `mariadbd`; Debian: `apt-get install mariadb-server`,
 //! which `.ci/run` does): without them it fails, it does not skip.
@@ -497,4 +500,68 @@ fn mariadb_stalled_crashed_and_shut_down_then_back_without_restarting_chimed() {
     assert_eq!(srv.pid(), chimed_pid);
     ping_within(&mut other, PING_BOUND);
     eprintln!("slowest `unavailable` answer: {slowest:?} (bound {WRITE_BOUND:?})");
+}
+
+/// Sends `n` read requests at once on `c` (so every reader thread gets some) and returns
+/// the responses, in order.
+fn pipelined_reads(c: &mut Client, n: usize, server_id: &str, channel_id: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    for i in 0..n {
+        let f = match i % 3 {
+            0 => json!({"action": "LIST_SERVERS", "id": i, "data": {}}),
+            1 => json!({"action": "GET_MESSAGES", "id": i, "data": {"channel_id": channel_id}}),
+            _ => json!({"action": "SYNC", "id": i, "data": {"server_id": server_id, "client_delta_id": 0}}),
+        };
+        frames.extend_from_slice(f.to_string().as_bytes());
+        frames.push(b'\n');
+    }
+    c.send_raw(&frames);
+    (0..n)
+        .map(|i| {
+            let r = c.recv();
+            assert_eq!(r["id"], json!(i), "answers come in order: {r}");
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn the_first_requests_after_a_graceful_restart_succeed() {
+    // After a clean shutdown and start of the database, every worker's connection is
+    // stale: the server closed it. A read (or the writer's START TRANSACTION) that finds
+    // its connection closed outside a transaction is retried once on a new connection, so
+    // clients see no error at all.
+    let mut db = Mariadb::install_and_start();
+    let config = format!("storage_timeout_ms = {STORAGE_TIMEOUT_MS}\n");
+    let srv = TestServer::start_with_db(&db.url("chimed_restart"), &["--rate-limits", "off"], Some(&config));
+    let mut c = srv.client();
+    c.register(&unique("ann"));
+    let (server_id, channel_id) = c.create_server("restart");
+    let post = json!({"channel_id": channel_id, "content": "before"});
+    success(&c.request("POST_MESSAGE", post), "POST_MESSAGE");
+    // Every reader has used its connection just now (well within the idle time after
+    // which a connection is pinged before use, which would hide the stale connection).
+    for r in pipelined_reads(&mut c, 30, &server_id, &channel_id) {
+        assert_eq!(r["data"]["status"], "success", "{r}");
+    }
+
+    let t = Instant::now();
+    db.stop(libc::SIGTERM);
+    db.start();
+    eprintln!("mariadbd restarted in {:?}", t.elapsed());
+
+    for r in pipelined_reads(&mut c, 30, &server_id, &channel_id) {
+        assert_eq!(r["data"]["status"], "success", "a read after the restart failed: {r}");
+    }
+    let post = json!({"channel_id": channel_id, "content": "after"});
+    success(&c.request("POST_MESSAGE", post), "POST_MESSAGE");
+    let r = c.request("GET_MESSAGES", json!({"channel_id": channel_id}));
+    let contents: Vec<&str> = success(&r, "GET_MESSAGES")["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{r}");
+    assert!(contents.contains(&"before") && contents.contains(&"after"), "{r}");
 }

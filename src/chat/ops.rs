@@ -408,7 +408,8 @@ pub type OpResult<T> = Result<T, OpError>;
 /// id handed out and the partition last recorded, caches of live channels and
 /// memberships (the writer is the only writer, so it keeps them true by dropping them
 /// whenever an op changes membership), and the rows of posts waiting for the batch's
-/// multi-row INSERT. All of it is dropped whenever a transaction fails.
+/// multi-row INSERT. All of it is dropped whenever a transaction fails; what an op cached
+/// is dropped when it is rolled back to its savepoint ([`WriterState::rolled_back`]).
 #[derive(Debug, Default)]
 pub struct WriterState {
     last_id: Option<i64>,
@@ -416,6 +417,8 @@ pub struct WriterState {
     partitions: HashMap<i64, i64>,
     channels: HashMap<i64, (i64, String)>,
     members: HashMap<(i64, i64), roles::Membership>,
+    /// What changed in the caches since the last [`WriterState::savepoint`].
+    touched: Touched,
     /// Post rows not yet inserted: deltas and messages.
     pub(crate) pending_deltas: Vec<Vec<Val>>,
     pub(crate) pending_messages: Vec<Vec<Val>>,
@@ -424,7 +427,39 @@ pub struct WriterState {
     pub(crate) pending_keys: HashMap<i64, HashMap<String, (i64, i64, i64)>>,
 }
 
+/// Cache changes since a savepoint: whether a partition was recorded, whether a channel
+/// or membership was cached. Two flags rather than an undo list: rollbacks are rare, and
+/// the post path only sets a flag when it fills the cache.
+#[derive(Debug, Default, Clone, Copy)]
+struct Touched {
+    partition: bool,
+    cache: bool,
+}
+
 impl WriterState {
+    /// An op starts in a savepoint: its cache changes are tracked from here.
+    pub fn savepoint(&mut self) {
+        self.touched = Touched::default();
+    }
+
+    /// The op was rolled back to its savepoint, and with it any partition row it recorded
+    /// and any row it cached: forget those caches, so the next delta of the partition
+    /// records it again (`INSERT IGNORE`) and the next lookup reads storage. Ids it took
+    /// stay spent (`last_id`, `last_assigned`): gaps are allowed, reuse is not.
+    pub fn rolled_back(&mut self) {
+        if self.touched.partition {
+            self.partitions.clear();
+        }
+        if self.touched.cache {
+            self.forget_membership();
+        }
+        self.touched = Touched::default();
+        // The batch's pending rows were flushed before the savepoint: any now are the op's.
+        self.pending_deltas.clear();
+        self.pending_messages.clear();
+        self.clear_pending_keys();
+    }
+
     /// After a failed transaction: forget everything cached.
     pub fn reset(&mut self) {
         self.last_id = None;
@@ -483,6 +518,7 @@ impl WriterState {
             return Ok(c.clone());
         }
         let c = roles::channel(db, channel_id)?;
+        self.touched.cache = true;
         self.channels.insert(channel_id, c.clone());
         Ok(c)
     }
@@ -510,6 +546,7 @@ impl WriterState {
             return Ok(m.clone());
         }
         let m = roles::member(db, server_id, user_id)?;
+        self.touched.cache = true;
         self.members.insert((server_id, user_id), m.clone());
         Ok(m)
     }
@@ -543,7 +580,9 @@ impl WriterState {
 
     /// Whether `partition` of `server_id` still has to be recorded; remembers it.
     pub fn new_partition(&mut self, server_id: i64, partition: i64) -> bool {
-        self.partitions.insert(server_id, partition) != Some(partition)
+        let new = self.partitions.insert(server_id, partition) != Some(partition);
+        self.touched.partition |= new;
+        new
     }
 }
 

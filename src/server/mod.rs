@@ -185,6 +185,7 @@ impl Server {
             cfg.workers,
             cfg.job_queue,
             settings,
+            cfg.file_gc(),
             waker,
             Duration::from_millis(cfg.test_storage_delay_ms),
         )

@@ -108,7 +108,8 @@ impl std::error::Error for StoreError {}
 pub trait Db: Send {
     /// Runs a statement; returns the number of rows changed.
     fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
-    /// Runs a query; returns every row.
+    /// Runs a query; returns every row. A query reads only: a backend may run it again
+    /// (MySQL does, once, on a connection the server closed since its last use).
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
     fn begin(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;

@@ -14,6 +14,12 @@
 //!   `Unavailable` until `rollback`, so the rest of a batch can never run, half in autocommit,
 //!   on a fresh connection. A connection idle for a while is pinged before use, so one that
 //!   the server closed in the meantime (`wait_timeout`, restart) is replaced transparently.
+//! - Stale connections: a read or a `START TRANSACTION` outside a transaction that finds its
+//!   (already open) connection closed by the server (a restart since its last use) runs once
+//!   more on a new connection, so a restart costs clients nothing. Nothing else is retried:
+//!   not a timeout (a stalled server would only be waited on twice), not a statement inside
+//!   a transaction, and not a write in autocommit or a `COMMIT`, whose reply may have been
+//!   lost after the server applied it (a retry could apply it twice).
 //! - Schema: InnoDB, `utf8mb4_bin`, the same tables, columns and indexes as the SQLite
 //!   schema. The database named in the URL is created if it does not exist (when the account
 //!   may create it); its tables are created by [`migrate`].
@@ -28,7 +34,8 @@ use super::{Db, Row, StoreError, Val};
 
 /// The schema, one migration per entry; entry `i` brings the database to version `i + 1`.
 /// MySQL commits DDL implicitly, so every statement is idempotent (`IF NOT EXISTS`, indexes
-/// inside `CREATE TABLE`): a migration interrupted half-way is simply run again.
+/// inside `CREATE TABLE`, or a `CREATE INDEX` whose duplicate is ignored): a migration
+/// interrupted half-way is simply run again.
 const MIGRATIONS: &[&[&str]] = &[
     // 1: accounts, communities, channels, the delta log, messages, invites, files.
     &[
@@ -141,6 +148,9 @@ const MIGRATIONS: &[&[&str]] = &[
             created_at BIGINT NOT NULL
         )",
     ],
+    // 2: the orphan-blob sweep asks which digests have a `files` row. (MySQL has no
+    // `CREATE INDEX IF NOT EXISTS`: an existing index of this name counts as done.)
+    &["CREATE INDEX files_sha256 ON files (sha256)"],
 ];
 
 /// Appended to every `CREATE TABLE`.
@@ -216,6 +226,32 @@ fn classify(e: &mysql::Error) -> (StoreError, Effect) {
         },
         _ => (StoreError::Internal(msg), Effect::Statement),
     }
+}
+
+/// The I/O error kind behind a driver error, if it is one.
+fn io_kind(e: &mysql::Error) -> Option<std::io::ErrorKind> {
+    match e {
+        mysql::Error::IoError(io) => Some(io.kind()),
+        // The codec's own error type is not exported; its source is the I/O error.
+        mysql::Error::CodecError(c) => std::error::Error::source(c)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind),
+        _ => None,
+    }
+}
+
+/// A read or write that waited its timeout: the server is stalled, not gone.
+fn timed_out(e: &mysql::Error) -> bool {
+    matches!(
+        io_kind(e),
+        Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+    )
+}
+
+/// The server closed the connection (restart, `wait_timeout`, KILL): a new one may work at
+/// once, unlike after a timeout.
+fn closed(e: &mysql::Error) -> bool {
+    classify(e).1 == Effect::ConnLost && !timed_out(e)
 }
 
 fn to_value(v: &Val) -> Value {
@@ -372,8 +408,9 @@ impl MysqlDb {
         })
     }
 
-    /// The live connection, reconnecting if the last one broke outside a transaction.
-    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+    /// The live connection, reconnecting if the last one broke outside a transaction, and
+    /// whether it was open before this call (so it may have gone stale since).
+    fn conn(&mut self) -> Result<(&mut Conn, bool), StoreError> {
         if self.tx == Tx::Broken {
             return Err(StoreError::Unavailable(
                 "the database connection was lost during this transaction".into(),
@@ -385,20 +422,18 @@ impl MysqlDb {
                     self.discard();
                     // A ping that timed out means the server is stalled: do not wait on a
                     // reconnect as well. One that failed at once (closed) is just stale.
-                    if let mysql::Error::IoError(io) = &e {
-                        if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
-                            return Err(unavailable(e));
-                        }
+                    if timed_out(&e) {
+                        return Err(unavailable(e));
                     }
                 }
             }
         }
         self.last_used = Instant::now();
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => connect(&self.opts)?,
+        let (conn, reused) = match self.conn.take() {
+            Some(c) => (c, true),
+            None => (connect(&self.opts)?, false),
         };
-        Ok(self.conn.insert(conn))
+        Ok((self.conn.insert(conn), reused))
     }
 
     fn discard(&mut self) {
@@ -419,9 +454,30 @@ impl MysqlDb {
         err
     }
 
+    /// Runs `f` on the connection. `repeatable`: the call changes nothing if it runs twice
+    /// (a read, START TRANSACTION); then, outside a transaction, a call that found its
+    /// already open connection closed by the server runs once more on a new one.
+    fn call<T>(
+        &mut self,
+        repeatable: bool,
+        mut f: impl FnMut(&mut Conn) -> Result<T, mysql::Error>,
+    ) -> Result<T, StoreError> {
+        let idle = self.tx == Tx::Idle;
+        let (conn, reused) = self.conn()?;
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) if repeatable && idle && reused && closed(&e) => {
+                let first = self.fail(e);
+                log::info!("MySQL connection was closed by the server ({first}); running the call again on a new one");
+                let r = f(self.conn()?.0);
+                r.map_err(|e| self.fail(e))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     fn exec(&mut self, sql: &str, ps: &[Val]) -> Result<u64, StoreError> {
-        let r = run(self.conn()?, sql, ps);
-        r.map_err(|e| self.fail(e))
+        self.call(false, |c| run(c, sql, ps))
     }
 }
 
@@ -431,15 +487,14 @@ impl Db for MysqlDb {
     }
 
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        let r = rows_of(self.conn()?, sql, params);
-        r.map_err(|e| self.fail(e))
+        self.call(true, |c| rows_of(c, sql, params))
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
         if self.tx != Tx::Idle {
             self.rollback();
         }
-        self.exec("START TRANSACTION", &[])?;
+        self.call(true, |c| run(c, "START TRANSACTION", &[]))?;
         self.tx = Tx::Active;
         Ok(())
     }
@@ -525,6 +580,18 @@ pub fn migrate(url: &str, timeout: Duration) -> Result<u32, StoreError> {
     result
 }
 
+/// Runs one migration statement; a `CREATE INDEX` of an index that exists (a migration
+/// run again after an interruption) is done already.
+fn ddl(db: &mut MysqlDb, sql: &str) -> Result<(), StoreError> {
+    let r = run(db.conn()?.0, sql, &[]);
+    match r {
+        Ok(_) => Ok(()),
+        // ER_DUP_KEYNAME.
+        Err(mysql::Error::MySqlError(m)) if m.code == 1061 && sql.starts_with("CREATE INDEX") => Ok(()),
+        Err(e) => Err(db.fail(e)),
+    }
+}
+
 fn apply_migrations(db: &mut MysqlDb) -> Result<u32, StoreError> {
     db.execute(
         &format!("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL){TABLE_OPTIONS}"),
@@ -546,7 +613,7 @@ fn apply_migrations(db: &mut MysqlDb) -> Result<u32, StoreError> {
             } else {
                 sql.to_string()
             };
-            db.execute(&sql, &[])?;
+            ddl(db, &sql)?;
         }
         db.execute(
             "INSERT INTO schema_version (version) VALUES (?)",

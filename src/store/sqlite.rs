@@ -122,7 +122,11 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
-    // 2: the idempotency index holds only posts that carry a `client_msg_id` (most do
+    // 2: the orphan-blob sweep asks which digests have a `files` row.
+    r#"
+    CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+    "#,
+    // 3: the idempotency index holds only posts that carry a `client_msg_id` (most do
     // not): one B-tree insert less per post.
     r#"
     DROP INDEX messages_client_msg;
