@@ -37,7 +37,8 @@ pub struct Args {
     /// Connections per client address (IPv6: per /64); 0: no per-address limit.
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
-    /// Seconds without a frame (PING counts) before a connection is closed; 0: never.
+    /// Seconds without a frame (PING and WebSocket pings count) before a connection is
+    /// closed; 0: never.
     #[arg(long)]
     pub idle_timeout_s: Option<u64>,
     /// Seconds a new connection has to send its first frame (HTTP: its complete head).
@@ -92,8 +93,8 @@ pub struct Config {
     pub flood_disconnect_after: u32,
     /// 10 s: the window of `flood_disconnect_after`.
     pub flood_window_s: u64,
-    /// 300 s: a connection that sends no frame for this long is closed (PING counts;
-    /// clients ping every 30-60 s). 0: never.
+    /// 300 s: a connection that sends no frame for this long is closed (PING counts, and so
+    /// do WebSocket pings and pongs; clients ping every 30-60 s). 0: never.
     pub idle_timeout_s: u64,
     /// 30 s: a new connection that sends nothing, or whose first line or HTTP request head
     /// is not complete within this time, is closed (slowloris). Generous for `nc` by hand.
