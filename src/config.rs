@@ -41,7 +41,8 @@ pub struct Args {
     /// closed; 0: never.
     #[arg(long)]
     pub idle_timeout_s: Option<u64>,
-    /// Seconds a new connection has to send its first frame (HTTP: its complete head).
+    /// Seconds a new connection has to send its first frame (HTTP: its complete head), and
+    /// an HTTP request body to bring each next 1 KiB (else it is cut).
     #[arg(long)]
     pub handshake_timeout_s: Option<u64>,
     /// Largest frame in bytes.
@@ -98,6 +99,8 @@ pub struct Config {
     pub idle_timeout_s: u64,
     /// 30 s: a new connection that sends nothing, or whose first line or HTTP request head
     /// is not complete within this time, is closed (slowloris). Generous for `nc` by hand.
+    /// Also the HTTP request-body timeout: a body (API call or upload) that brings less
+    /// than 1 KiB in this time, not counting time the server holds it up, is cut.
     pub handshake_timeout_s: u64,
     /// 20: failed logins (and failed AUTHs) from one address (IPv6: /64) before its
     /// attempts are refused with `rate_limited`. Not reset by a success. 0: no address

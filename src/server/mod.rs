@@ -84,6 +84,9 @@ pub struct Counters {
     /// Connections closed for sending nothing, or not completing a frame or HTTP head
     /// (slowloris), within `handshake_timeout_s`.
     pub handshake_timeouts: u64,
+    /// HTTP connections closed for a request body that stalled (less than
+    /// `limits::BODY_MIN_PROGRESS` bytes within `handshake_timeout_s`).
+    pub body_timeouts: u64,
 }
 
 pub struct Server {
@@ -448,6 +451,15 @@ impl Server {
             } else {
                 conn.partial_since = None;
             }
+        }
+    }
+
+    /// Starts or pauses an HTTP request body's slowloris clock after its request moved on
+    /// (`sweep_timeouts` does it too, and cuts the stalled ones).
+    fn note_body(&mut self, key: usize) {
+        let held = self.stopping.is_some();
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.body_stalled(Instant::now(), held, &self.cfg);
         }
     }
 
@@ -1173,12 +1185,20 @@ impl Server {
         self.sweep_timeouts(now);
     }
 
-    /// Idle and handshake (slowloris) timeouts. See docs/ARCHITECTURE.md, "Timeouts".
+    /// Idle, handshake (slowloris) and request-body timeouts. See docs/ARCHITECTURE.md,
+    /// "Timeouts".
     fn sweep_timeouts(&mut self, now: Instant) {
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Handshake,
+            Body,
+            Idle,
+        }
         let handshake = self.cfg.handshake_timeout();
         let idle = self.cfg.idle_timeout();
+        let held = self.stopping.is_some();
         let mut timed_out = Vec::new();
-        for (key, c) in self.conns.iter() {
+        for (key, c) in self.conns.iter_mut() {
             if c.phase != Phase::Open {
                 continue;
             }
@@ -1187,26 +1207,31 @@ impl Server {
                 .partial_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= handshake);
             if silent || slow_head {
-                timed_out.push((key, false));
+                timed_out.push((key, Kind::Handshake));
+                continue;
+            }
+            if c.body_stalled(now, held, &self.cfg) {
+                timed_out.push((key, Kind::Body));
                 continue;
             }
             // Idle: no frame for the timeout, nothing waiting on us (a reply on storage,
             // output still going out: the slow-consumer limit handles that one).
-            // An HTTP request in progress (a body arriving, a download or backup streaming)
-            // is not idle either.
+            // An HTTP request in progress (a body arriving: timed above; a download or backup
+            // streaming) is not idle either.
             let busy = c.replies.waiting() > 0
                 || !c.out.is_empty()
                 || matches!(&c.framing, Framing::Http(h) if h.mid_request());
             if idle.is_some_and(|d| c.greeted && !busy && now.saturating_duration_since(c.last_active) >= d) {
-                timed_out.push((key, true));
+                timed_out.push((key, Kind::Idle));
             }
         }
-        for (key, was_idle) in timed_out {
-            if was_idle {
-                self.counters.idle_timeouts += 1;
-            } else {
-                self.counters.handshake_timeouts += 1;
+        for (key, kind) in timed_out {
+            match kind {
+                Kind::Handshake => self.counters.handshake_timeouts += 1,
+                Kind::Body => self.counters.body_timeouts += 1,
+                Kind::Idle => self.counters.idle_timeouts += 1,
             }
+            // An upload's temp file goes with the connection (`http_reap`).
             self.close_now(key);
         }
     }
