@@ -76,12 +76,13 @@ pub struct Config {
     /// addresses count per /64 (one host can pick any address in its /64). 0: no limit;
     /// `rate_limits = false` lifts it too.
     pub max_connections_per_ip: usize,
-    /// 50 reads/s per connection (queries, SUBSCRIBE, SYNC, PING): no client needs more.
+    /// 50 reads/s per connection (queries, SUBSCRIBE, SYNC, PING, HTTP file downloads and
+    /// backups): no client needs more.
     pub read_rate: f64,
     /// 200 reads at once: a reconnect syncs every server and lists channels in one go.
     pub read_burst: u32,
-    /// 10 writes/s per connection (posts, edits, typing, call signals): more than a
-    /// person types, enough for a bridge bot; `rate_limits = false` for load tests.
+    /// 10 writes/s per connection (posts, edits, typing, call signals, file uploads): more
+    /// than a person types, enough for a bridge bot; `rate_limits = false` for load tests.
     pub write_rate: f64,
     /// 50 writes at once: a paste of short lines, a client flushing its offline queue.
     pub write_burst: u32,

@@ -125,10 +125,11 @@ impl TokenBucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
     /// Reads state or only touches the caller's own connection: queries, subscriptions,
-    /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs.
+    /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs, and
+    /// an HTTP file download or backup.
     Read,
     /// Changes shared state or reaches other users: posts, edits, membership, roles,
-    /// typing, voice and call signalling, logout.
+    /// typing, voice and call signalling, logout; an HTTP file upload.
     Write,
     /// Checks credentials (Argon2 for REGISTER and LOGIN, a token lookup for AUTH).
     Login,

@@ -2,7 +2,7 @@
 //! a 100 MiB upload and download, byte-identical, while another connection's PING keeps
 //! answering; the 100 MiB limit (413, nothing kept); membership; ranges; attachments in
 //! deltas; NDJSON backups by partition; stalled bodies cut by the slowloris timeout (slow
-//! ones not).
+//! ones not); file requests charged to the connection's request budget.
 
 mod common;
 #[path = "common/http.rs"]
@@ -553,4 +553,51 @@ fn a_slow_upload_that_keeps_coming_is_not_cut_while_the_server_holds_it_up() {
         t.elapsed()
     );
     assert!(metrics(&server).contains("chimed_timeouts_total{kind=\"body\"} 0\n"));
+}
+
+#[test]
+fn file_requests_are_charged_to_the_connection_request_budget() {
+    let config = "read_rate = 0.5\nread_burst = 3\nwrite_rate = 0.5\nwrite_burst = 2\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let o = owner(&server);
+    let meta = upload(&server, &o, "a.txt", b"hello");
+    let url = meta["download_url"].as_str().unwrap().to_string();
+    let backup = format!("/api/servers/{}/backup", o.server_id);
+
+    // Downloads and backups are reads: three fit the burst, the fourth is 429.
+    let mut h = Http::connect(server.addr());
+    assert_eq!(h.get(&url, Some(&o.token)).status, 200);
+    assert_eq!(h.get(&backup, Some(&o.token)).status, 200);
+    assert_eq!(h.get(&url, Some(&o.token)).status, 200);
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let ms = body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(ms > 0 && ms <= 2000, "retry_after_ms {ms}");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    // A request without a token costs its unit too.
+    assert_eq!(h.get(&url, None).status, 429);
+    // The connection stays usable; after the wait it is served again.
+    std::thread::sleep(Duration::from_millis(ms + 100));
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"hello");
+
+    // Uploads are writes: two fit the burst; the third is 429 and, its body unread, closes.
+    let mut h = Http::connect(server.addr());
+    for i in 0..2 {
+        h.send(upload_head(&o, &format!("w{i}"), 3).as_bytes());
+        h.send(b"abc");
+        assert_eq!(h.response().status, 200);
+    }
+    h.send(upload_head(&o, "w2", 3).as_bytes());
+    h.send(b"abc");
+    let r = h.response();
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["code"], "rate_limited");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(h.closed(), "the connection stays open with an unread body");
+    let text = metrics(&server);
+    assert!(text.contains("chimed_rate_limited_total 3\n"), "{text}");
 }

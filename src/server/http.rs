@@ -29,7 +29,7 @@ use crate::chat::ops::Effect;
 use crate::chat::ops::{parse_id, Op};
 use crate::conn::{Chunk, Conn, Framing, Phase};
 use crate::files::{Download, Upload, MAX_UPLOAD_BYTES};
-use crate::limits::BodyClock;
+use crate::limits::{BodyClock, Class};
 use crate::protocol::routes::{self, Route};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::ConnId;
@@ -578,6 +578,19 @@ impl Server {
             },
             Route::Upload | Route::Download(_) | Route::Backup(_) => {
                 h.data_only = true;
+                // One unit of the connection's request budget, like an API call (charged
+                // before the token's AUTH job, so a flood of them costs no storage work).
+                let class = match route {
+                    Route::Upload => Class::Write,
+                    _ => Class::Read,
+                };
+                let limited = self.charge_request(key, class);
+                let Some(h) = self.http_conn(key) else { return };
+                if let Some(ms) = limited {
+                    h.keep_alive &= !has_body; // its body is not read: close after the answer
+                    let out = h.respond_error(None, &ApiError::rate_limited(ms));
+                    return self.http_send(key, out);
+                }
                 let Some(token) = head.bearer().map(str::to_string) else {
                     h.keep_alive &= !has_body;
                     let err = ApiError::unauthenticated("send the token as Authorization: Bearer <token>");

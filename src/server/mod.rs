@@ -578,30 +578,15 @@ impl Server {
         id: Option<&serde_json::Value>,
         data: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let conn = self.conns.get_mut(key)?;
-        let retry_after_ms = match conn.limits.check(limits::class(action), now) {
-            Verdict::Allow => None,
-            Verdict::Reject { retry_after_ms } => Some(retry_after_ms),
-            Verdict::Disconnect => {
-                self.counters.flood_disconnects += 1;
-                info!(
-                    "closing {} for flooding ({} requests rejected)",
-                    conn.ip,
-                    conn.limits.rejected()
-                );
-                conn.phase = Phase::Closing;
-                Some(limits::RETRY_NEVER_MS.min(self.rate_policy.flood_window.as_millis() as u64))
-            }
-        };
-        if let Some(ms) = retry_after_ms {
-            self.counters.rate_limited += 1;
+        if let Some(ms) = self.charge_request(key, limits::class(action)) {
             return Some(protocol::encode_error(
                 Some(action.name()),
                 id,
                 &ApiError::rate_limited(ms),
             ));
         }
+        let now = Instant::now();
+        let conn = self.conns.get_mut(key)?;
         if matches!(action, Action::Login | Action::Auth) {
             let account = match action {
                 Action::Login => data.get("username").and_then(|v| v.as_str()).map(str::to_owned),
@@ -618,6 +603,29 @@ impl Server {
             conn.login_attempt = account;
         }
         None
+    }
+
+    /// Charges one request of `class` to the connection's request budget (an action, or an
+    /// HTTP file request). `Some(retry_after_ms)` if it must not run: answer `rate_limited`;
+    /// a flooder is also set to close once that answer is written.
+    pub(super) fn charge_request(&mut self, key: usize, class: limits::Class) -> Option<u64> {
+        let conn = self.conns.get_mut(key)?;
+        let retry_after_ms = match conn.limits.check(class, Instant::now()) {
+            Verdict::Allow => return None,
+            Verdict::Reject { retry_after_ms } => retry_after_ms,
+            Verdict::Disconnect => {
+                self.counters.flood_disconnects += 1;
+                info!(
+                    "closing {} for flooding ({} requests rejected)",
+                    conn.ip,
+                    conn.limits.rejected()
+                );
+                conn.phase = Phase::Closing;
+                limits::RETRY_NEVER_MS.min(self.rate_policy.flood_window.as_millis() as u64)
+            }
+        };
+        self.counters.rate_limited += 1;
+        Some(retry_after_ms)
     }
 
     /// A LOGIN or AUTH came back: tell the failed-login throttle. Only a credential
