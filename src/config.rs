@@ -37,10 +37,12 @@ pub struct Args {
     /// Connections per client address (IPv6: per /64); 0: no per-address limit.
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
-    /// Seconds without a frame (PING counts) before a connection is closed; 0: never.
+    /// Seconds without a frame (PING and WebSocket pings count) before a connection is
+    /// closed; 0: never.
     #[arg(long)]
     pub idle_timeout_s: Option<u64>,
-    /// Seconds a new connection has to send its first frame (HTTP: its complete head).
+    /// Seconds a new connection has to send its first frame (HTTP: its complete head), and
+    /// an HTTP request body to bring each next 1 KiB (else it is cut).
     #[arg(long)]
     pub handshake_timeout_s: Option<u64>,
     /// Largest frame in bytes.
@@ -74,12 +76,13 @@ pub struct Config {
     /// addresses count per /64 (one host can pick any address in its /64). 0: no limit;
     /// `rate_limits = false` lifts it too.
     pub max_connections_per_ip: usize,
-    /// 50 reads/s per connection (queries, SUBSCRIBE, SYNC, PING): no client needs more.
+    /// 50 reads/s per connection (queries, SUBSCRIBE, SYNC, PING, HTTP file downloads and
+    /// backups): no client needs more.
     pub read_rate: f64,
     /// 200 reads at once: a reconnect syncs every server and lists channels in one go.
     pub read_burst: u32,
-    /// 10 writes/s per connection (posts, edits, typing, call signals): more than a
-    /// person types, enough for a bridge bot; `rate_limits = false` for load tests.
+    /// 10 writes/s per connection (posts, edits, typing, call signals, file uploads): more
+    /// than a person types, enough for a bridge bot; `rate_limits = false` for load tests.
     pub write_rate: f64,
     /// 50 writes at once: a paste of short lines, a client flushing its offline queue.
     pub write_burst: u32,
@@ -92,11 +95,13 @@ pub struct Config {
     pub flood_disconnect_after: u32,
     /// 10 s: the window of `flood_disconnect_after`.
     pub flood_window_s: u64,
-    /// 300 s: a connection that sends no frame for this long is closed (PING counts;
-    /// clients ping every 30-60 s). 0: never.
+    /// 300 s: a connection that sends no frame for this long is closed (PING counts, and so
+    /// do WebSocket pings and pongs; clients ping every 30-60 s). 0: never.
     pub idle_timeout_s: u64,
     /// 30 s: a new connection that sends nothing, or whose first line or HTTP request head
     /// is not complete within this time, is closed (slowloris). Generous for `nc` by hand.
+    /// Also the HTTP request-body timeout: a body (API call or upload) that brings less
+    /// than 1 KiB in this time, not counting time the server holds it up, is cut.
     pub handshake_timeout_s: u64,
     /// 20: failed logins (and failed AUTHs) from one address (IPv6: /64) before its
     /// attempts are refused with `rate_limited`. Not reset by a success. 0: no address

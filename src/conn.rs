@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 
 use crate::chat::accounts::Session;
 use crate::chat::fanout::Sub;
+use crate::config::Config;
 use crate::limits::{ConnLimits, RatePolicy};
 use crate::server::http::HttpConn;
 use crate::server::websocket::WsConn;
@@ -354,6 +355,19 @@ impl Conn {
             Framing::Sniffing | Framing::Line => self.reader.pending() > 0,
             Framing::Http(h) => h.head_in_progress(),
             Framing::WebSocket(_) => false,
+        }
+    }
+
+    /// Runs or pauses the slowloris clock of an HTTP request body (`limits::BodyClock`) and
+    /// says whether the body has stalled for the handshake timeout. The clock runs only
+    /// while the body is due from the client, not while we hold it back: a chunk or job
+    /// waiting on a worker (`must_wait`), output over its limit, or `held` (the loop reads
+    /// no one, as when it stops).
+    pub fn body_stalled(&mut self, now: Instant, held: bool, cfg: &Config) -> bool {
+        let due = !held && !self.must_wait(cfg.max_inflight_per_conn) && self.out.len() < cfg.max_output_bytes;
+        match &mut self.framing {
+            Framing::Http(h) => h.body_stalled(due, now, cfg.handshake_timeout()),
+            _ => false,
         }
     }
 

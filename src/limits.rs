@@ -11,6 +11,7 @@
 //! - [`LoginThrottle`]: failed logins per account (doubling delay after a few free
 //!   failures) and per client address (a bucket of failures).
 //! - [`Admission`]: connections in total and per client address, checked at accept.
+//! - [`BodyClock`]: the slowloris clock of an HTTP request body (progress, not total time).
 //!
 //! Client addresses are grouped by [`IpKey`]: an IPv4 address (also when it arrives
 //! IPv4-mapped on an IPv6 socket) is its own group; an IPv6 address counts as its /64,
@@ -124,10 +125,11 @@ impl TokenBucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
     /// Reads state or only touches the caller's own connection: queries, subscriptions,
-    /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs.
+    /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs, and
+    /// an HTTP file download or backup.
     Read,
     /// Changes shared state or reaches other users: posts, edits, membership, roles,
-    /// typing, voice and call signalling, logout.
+    /// typing, voice and call signalling, logout; an HTTP file upload.
     Write,
     /// Checks credentials (Argon2 for REGISTER and LOGIN, a token lookup for AUTH).
     Login,
@@ -496,6 +498,64 @@ impl LoginThrottle {
                 self.ips.remove(&k);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Request bodies
+
+/// Body bytes a client must deliver within each timeout for its request body to count as
+/// progressing (the rest of the body, if less is left, ends it anyway). A byte now and
+/// then does not: a trickle of one byte every few seconds would hold a connection for days.
+pub const BODY_MIN_PROGRESS: u64 = 1024;
+
+/// The slowloris clock of an HTTP request body: a body that does not bring
+/// [`BODY_MIN_PROGRESS`] bytes within `timeout` (since it became due, or since the last
+/// such progress) has stalled.
+///
+/// The clock runs only while the body is due from the client. The loop pauses it whenever
+/// the server itself holds the body back (an upload chunk waiting on a worker, output over
+/// its limit, an AUTH or UploadBegin job in flight), so time spent waiting on the server
+/// never counts against the client; a paused clock restarts from scratch.
+#[derive(Debug, Clone, Default)]
+pub struct BodyClock {
+    /// Start of the current window; `None` while paused.
+    since: Option<Instant>,
+    /// Body bytes in the current window.
+    got: u64,
+}
+
+impl BodyClock {
+    /// The body is due from the client: starts a window at `now` unless one is running.
+    pub fn run(&mut self, now: Instant) {
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.got = 0;
+        }
+    }
+
+    /// Nothing is due from the client (no body, or the server holds it): stops the clock.
+    pub fn pause(&mut self) {
+        self.since = None;
+        self.got = 0;
+    }
+
+    /// `n` body bytes arrived at `now`; once the window has [`BODY_MIN_PROGRESS`] of them
+    /// a new window starts. Bytes taken while paused change nothing.
+    pub fn progress(&mut self, n: u64, now: Instant) {
+        if self.since.is_none() {
+            return;
+        }
+        self.got = self.got.saturating_add(n);
+        if self.got >= BODY_MIN_PROGRESS {
+            self.since = Some(now);
+            self.got = 0;
+        }
+    }
+
+    /// Whether the current window has lasted `timeout` without enough progress.
+    pub fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        self.since.is_some_and(|t| now.saturating_duration_since(t) >= timeout)
     }
 }
 
@@ -1087,6 +1147,52 @@ mod tests {
         assert_eq!(Admission::from_config(&zero, 100).per_ip(), None);
         let on = Admission::from_config(&Config::default(), 100);
         assert_eq!(on.per_ip(), Some(Config::default().max_connections_per_ip));
+    }
+
+    // ---- BodyClock -------------------------------------------------------------------
+
+    #[test]
+    fn body_clock_cuts_a_stall_and_a_trickle_but_not_progress() {
+        let t0 = Instant::now();
+        let timeout = ms(1000);
+        // Stalled: nothing for the timeout.
+        let mut c = BodyClock::default();
+        assert!(!c.stalled(t0 + ms(5000), timeout), "not running: never stalled");
+        c.run(t0);
+        assert!(!c.stalled(t0 + ms(999), timeout));
+        assert!(c.stalled(t0 + ms(1000), timeout));
+        // A trickle: a byte every 100 ms is not enough progress.
+        let mut c = BodyClock::default();
+        c.run(t0);
+        for i in 1..10 {
+            c.progress(1, t0 + ms(100 * i));
+        }
+        assert!(c.stalled(t0 + ms(1000), timeout));
+        // Progress: BODY_MIN_PROGRESS bytes in pieces start a new window.
+        let mut c = BodyClock::default();
+        c.run(t0);
+        c.progress(BODY_MIN_PROGRESS / 2, t0 + ms(400));
+        c.progress(BODY_MIN_PROGRESS / 2, t0 + ms(800));
+        assert!(!c.stalled(t0 + ms(1700), timeout));
+        assert!(c.stalled(t0 + ms(1800), timeout));
+        // `run` on a running clock keeps its window.
+        c.run(t0 + ms(1750));
+        assert!(c.stalled(t0 + ms(1800), timeout));
+    }
+
+    #[test]
+    fn body_clock_does_not_count_time_the_server_holds_the_body() {
+        let t0 = Instant::now();
+        let timeout = ms(1000);
+        let mut c = BodyClock::default();
+        c.run(t0);
+        c.pause(); // the server holds the body (a chunk waiting on a worker)
+        assert!(!c.stalled(t0 + ms(5000), timeout));
+        c.progress(10 * BODY_MIN_PROGRESS, t0 + ms(5000)); // taken while paused: no window
+        assert!(!c.stalled(t0 + ms(9000), timeout));
+        c.run(t0 + ms(5000)); // due again: a fresh window
+        assert!(!c.stalled(t0 + ms(5999), timeout));
+        assert!(c.stalled(t0 + ms(6000), timeout));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Files over HTTP (SPEC §6) and the backup stream (SPEC §5), against a real server:
 //! a 100 MiB upload and download, byte-identical, while another connection's PING keeps
 //! answering; the 100 MiB limit (413, nothing kept); membership; ranges; attachments in
-//! deltas; NDJSON backups by partition.
+//! deltas; NDJSON backups by partition; stalled bodies cut by the slowloris timeout (slow
+//! ones not); file requests charged to the connection's request budget.
 
 mod common;
 #[path = "common/http.rs"]
 mod http;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -471,4 +473,182 @@ fn unreferenced_blobs_and_stale_temp_files_are_swept_off_the_loop() {
     let r = h.get(meta["download_url"].as_str().unwrap(), Some(&o.token));
     assert_eq!(r.status, 200);
     assert!(r.body == data);
+}
+
+/// Reads until the server closes `s` (EOF or a reset) within `bound`; returns the bytes that
+/// came first. Panics if the connection stays open.
+fn read_until_closed(s: &mut TcpStream, bound: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + bound;
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!(
+                "still open after {bound:?} ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+/// `GET /metrics` on a fresh connection.
+fn metrics(server: &TestServer) -> String {
+    let mut h = Http::connect(server.addr());
+    String::from_utf8_lossy(&h.get("/metrics", None).body).into_owned()
+}
+
+#[test]
+fn stalled_and_trickled_bodies_are_cut_and_leave_no_temp_file() {
+    let server = TestServer::start_with(&["--handshake-timeout-s", "1"], None);
+    let o = owner(&server);
+    let tmp = server.dir().join("files").join("tmp");
+
+    // An upload that announces 1,000,000 bytes, sends 1000 and stops.
+    let mut upload = TcpStream::connect(server.addr()).unwrap();
+    upload
+        .write_all(upload_head(&o, "stalled.bin", 1_000_000).as_bytes())
+        .unwrap();
+    upload.write_all(&[b'u'; 1000]).unwrap();
+    // An API body that announces 1,000,000 bytes, sends a few and stops.
+    let mut api = TcpStream::connect(server.addr()).unwrap();
+    api.write_all(
+        format!(
+            "POST /api/post/ HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n{{\"channel_id\":",
+            o.token
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // An API body trickled a byte every 200 ms: each byte comes well within the 1 s timeout,
+    // but a byte now and then is not progress.
+    let mut trickle = TcpStream::connect(server.addr()).unwrap();
+    trickle
+        .write_all(b"POST /api/ping/ HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+
+    // The upload's temp file exists (its UploadBegin ran) before the cut removes it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stored_files(&tmp).is_empty() {
+        assert!(Instant::now() < deadline, "no temp file for the stalled upload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let t = Instant::now();
+    let mut pinger = server.client();
+    let mut trickling = true;
+    while trickling && t.elapsed() < Duration::from_secs(5) {
+        trickling = trickle.write_all(b" ").is_ok();
+        common::ping_within(&mut pinger, Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (name, s) in [("upload", &mut upload), ("api", &mut api), ("trickle", &mut trickle)] {
+        let got = read_until_closed(s, Duration::from_secs(5));
+        assert!(
+            got.is_empty(),
+            "{name}: closed without a response, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(8), "cut after {took:?}");
+
+    // The partial temp file is removed (on a worker: allow it a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = stored_files(&tmp);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "temp files left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = metrics(&server);
+    assert!(text.contains("chimed_timeouts_total{kind=\"body\"} 3\n"), "{text}");
+    common::ping(&mut pinger);
+}
+
+#[test]
+fn a_slow_upload_that_keeps_coming_is_not_cut_while_the_server_holds_it_up() {
+    // Every storage job (each 1 MiB chunk's write included) takes 1.5 s, longer than the 1 s
+    // timeout: time the body waits on the server must not count against the client.
+    let server = TestServer::start_with(&["--handshake-timeout-s", "1"], Some("test_storage_delay_ms = 1500\n"));
+    let o = owner(&server);
+    let data = bytes(2 * MIB + 200 * 1024, 5);
+    let want_sha = hex(&Sha256::digest(&data));
+    let (fast, slow) = data.split_at(2 * MIB + 40 * 1024);
+
+    let mut h = Http::connect(server.addr());
+    h.send(upload_head(&o, "slow.bin", data.len()).as_bytes());
+    let t = Instant::now();
+    // Two chunks and a bit at once: the server writes one while the next fills, then stops
+    // reading until the first is on disk.
+    h.send(fast);
+    // Then the rest slowly: 32 KiB every 700 ms, each gap within the 1 s timeout.
+    for piece in slow.chunks(32 * 1024) {
+        std::thread::sleep(Duration::from_millis(700));
+        h.send(piece);
+    }
+    let r = h.response();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let meta = r.json();
+    assert_eq!(meta["size"], data.len() as u64);
+    assert_eq!(meta["sha256"], want_sha.as_str());
+    assert!(
+        t.elapsed() > Duration::from_secs(3),
+        "the upload took {:?}: it was not slow",
+        t.elapsed()
+    );
+    assert!(metrics(&server).contains("chimed_timeouts_total{kind=\"body\"} 0\n"));
+}
+
+#[test]
+fn file_requests_are_charged_to_the_connection_request_budget() {
+    let config = "read_rate = 0.5\nread_burst = 3\nwrite_rate = 0.5\nwrite_burst = 2\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let o = owner(&server);
+    let meta = upload(&server, &o, "a.txt", b"hello");
+    let url = meta["download_url"].as_str().unwrap().to_string();
+    let backup = format!("/api/servers/{}/backup", o.server_id);
+
+    // Downloads and backups are reads: three fit the burst, the fourth is 429.
+    let mut h = Http::connect(server.addr());
+    assert_eq!(h.get(&url, Some(&o.token)).status, 200);
+    assert_eq!(h.get(&backup, Some(&o.token)).status, 200);
+    assert_eq!(h.get(&url, Some(&o.token)).status, 200);
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let ms = body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(ms > 0 && ms <= 2000, "retry_after_ms {ms}");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    // A request without a token costs its unit too.
+    assert_eq!(h.get(&url, None).status, 429);
+    // The connection stays usable; after the wait it is served again.
+    std::thread::sleep(Duration::from_millis(ms + 100));
+    let r = h.get(&url, Some(&o.token));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"hello");
+
+    // Uploads are writes: two fit the burst; the third is 429 and, its body unread, closes.
+    let mut h = Http::connect(server.addr());
+    for i in 0..2 {
+        h.send(upload_head(&o, &format!("w{i}"), 3).as_bytes());
+        h.send(b"abc");
+        assert_eq!(h.response().status, 200);
+    }
+    h.send(upload_head(&o, "w2", 3).as_bytes());
+    h.send(b"abc");
+    let r = h.response();
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["code"], "rate_limited");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(h.closed(), "the connection stays open with an unread body");
+    let text = metrics(&server);
+    assert!(text.contains("chimed_rate_limited_total 3\n"), "{text}");
 }

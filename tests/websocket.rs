@@ -4,8 +4,9 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::{success, TestServer};
 use serde_json::{json, Value};
@@ -163,4 +164,54 @@ fn oversize_message_closes_with_1009_and_others_are_unaffected() {
     assert_eq!(code, Some(1009));
     let mut other = server.client();
     common::ping(&mut other);
+}
+
+/// The Prometheus text from `GET /metrics` on a fresh connection.
+fn metrics(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn websocket_pings_alone_keep_a_connection_past_the_idle_timeout() {
+    let server = TestServer::start_with(&["--idle-timeout-s", "1"], None);
+    let mut pinger = connect(&server);
+    let mut silent = connect(&server);
+    // `pinger` sends only WebSocket pings, every 300 ms for 2.5 s (the idle timeout is 1 s);
+    // `silent` sends nothing after its upgrade.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(2500) {
+        pinger
+            .send(Message::Ping(b"keepalive"[..].into()))
+            .expect("the pinging connection was closed");
+        match pinger.read().expect("the pinging connection was closed") {
+            Message::Pong(p) => assert_eq!(&p[..], b"keepalive"),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Still open, and it still serves requests.
+    send(&mut pinger, json!({"action": "PING", "id": 1}));
+    let r = recv(&mut pinger);
+    assert_eq!(r["id"], 1);
+    success(&r, "PING");
+
+    // The silent one was cut (without a close frame: timeouts close without one).
+    silent.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    match silent.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+        {
+            panic!("the silent WebSocket is still open after {:?}", t.elapsed())
+        }
+        Err(_) | Ok(Message::Close(_)) => {}
+        Ok(other) => panic!("the silent WebSocket got {other:?}"),
+    }
+    let text = metrics(server.addr());
+    assert!(text.contains("chimed_timeouts_total{kind=\"idle\"} 1\n"), "{text}");
 }

@@ -14,8 +14,12 @@
 //! waits, so memory per upload stays at about two chunks); a download or backup asks a
 //! worker for its next piece only while the connection's output is below [`LOW_WATER`], so
 //! a slow reader holds at most one piece plus the socket buffer.
+//!
+//! Bodies (API bodies and uploads) are under the slowloris timeout too, as progress rather
+//! than total time: see [`crate::limits::BodyClock`]. The loop runs the clock only while the
+//! body is due from the client ([`Conn::body_stalled`](crate::conn::Conn::body_stalled)).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -25,6 +29,7 @@ use crate::chat::ops::Effect;
 use crate::chat::ops::{parse_id, Op};
 use crate::conn::{Chunk, Conn, Framing, Phase};
 use crate::files::{Download, Upload, MAX_UPLOAD_BYTES};
+use crate::limits::{BodyClock, Class};
 use crate::protocol::routes::{self, Route};
 use crate::protocol::{self, Action, ApiError, ErrorCode};
 use crate::token::ConnId;
@@ -49,6 +54,14 @@ enum BodyLeft {
 }
 
 impl BodyLeft {
+    /// Whether the whole body has been taken.
+    fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked(dec) => dec.is_done(),
+        }
+    }
+
     /// Moves up to `room` body bytes from the front of `inbuf` to `out`; returns whether
     /// the body is complete.
     fn take(&mut self, inbuf: &mut Vec<u8>, out: &mut Vec<u8>, room: usize) -> Result<bool, ChunkError> {
@@ -173,6 +186,8 @@ pub struct HttpConn {
     head_only: bool,
     /// The body of a response is the frame's `data` only (files, health), not the frame.
     data_only: bool,
+    /// The slowloris clock of the request body being read.
+    body_clock: BodyClock,
 }
 
 impl HttpConn {
@@ -184,6 +199,7 @@ impl HttpConn {
             keep_alive: true,
             head_only: false,
             data_only: false,
+            body_clock: BodyClock::default(),
         }
     }
 
@@ -215,6 +231,25 @@ impl HttpConn {
                 | HttpPhase::Waiting(Next::UploadOpen { .. })
                 | HttpPhase::Waiting(Next::Auth(Pending::Upload { .. }))
         )
+    }
+
+    /// Runs the body's slowloris clock if a request body is being read and `due` (the loop
+    /// is not holding it back), else pauses it; returns whether the body has stalled for
+    /// `timeout`.
+    pub fn body_stalled(&mut self, due: bool, now: Instant, timeout: Duration) -> bool {
+        // Only a body still arriving is due: not one that is complete (an upload waiting for
+        // its last chunk's write), nor the upload phases before it (AUTH, UploadBegin).
+        let arriving = match &self.phase {
+            HttpPhase::Body(b) => !b.left.done(),
+            HttpPhase::Upload(u) => !u.left.done(),
+            _ => false,
+        };
+        if due && arriving {
+            self.body_clock.run(now);
+        } else {
+            self.body_clock.pause();
+        }
+        self.body_clock.stalled(now, timeout)
     }
 
     /// Whether a request head has started arriving but is not complete (slowloris).
@@ -344,8 +379,14 @@ fn needs_push(action: Action) -> bool {
 }
 
 impl Server {
-    /// Parses and runs requests until one must wait or no complete one is buffered.
+    /// Parses and runs requests until one must wait or no complete one is buffered, then
+    /// starts or pauses the body clock (a body may have begun, or now wait on a worker).
     pub(super) fn http_input(&mut self, key: usize) {
+        self.http_advance(key);
+        self.note_body(key);
+    }
+
+    fn http_advance(&mut self, key: usize) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.phase != Phase::Open {
@@ -388,7 +429,10 @@ impl Server {
                 HttpPhase::Body(b) => {
                     let max = self.cfg.max_frame_bytes;
                     let room = (max + 1).saturating_sub(b.body.len());
-                    let done = match b.left.take(&mut h.inbuf, &mut b.body, room) {
+                    let before = b.body.len();
+                    let taken = b.left.take(&mut h.inbuf, &mut b.body, room);
+                    h.body_clock.progress((b.body.len() - before) as u64, Instant::now());
+                    let done = match taken {
                         Ok(_) if b.body.len() > max => {
                             let out = h.respond_fatal(413, &format!("body exceeds {max} bytes"));
                             return self.http_send(key, out);
@@ -534,6 +578,19 @@ impl Server {
             },
             Route::Upload | Route::Download(_) | Route::Backup(_) => {
                 h.data_only = true;
+                // One unit of the connection's request budget, like an API call (charged
+                // before the token's AUTH job, so a flood of them costs no storage work).
+                let class = match route {
+                    Route::Upload => Class::Write,
+                    _ => Class::Read,
+                };
+                let limited = self.charge_request(key, class);
+                let Some(h) = self.http_conn(key) else { return };
+                if let Some(ms) = limited {
+                    h.keep_alive &= !has_body; // its body is not read: close after the answer
+                    let out = h.respond_error(None, &ApiError::rate_limited(ms));
+                    return self.http_send(key, out);
+                }
                 let Some(token) = head.bearer().map(str::to_string) else {
                     h.keep_alive &= !has_body;
                     let err = ApiError::unauthenticated("send the token as Authorization: Bearer <token>");
@@ -877,7 +934,9 @@ impl Server {
                 .left
                 .take(&mut h.inbuf, &mut u.pending, room)
                 .map_err(|e| e.to_string());
-            u.received += (u.pending.len() - before) as u64;
+            let got = (u.pending.len() - before) as u64;
+            u.received += got;
+            h.body_clock.progress(got, Instant::now());
             match body_done {
                 Err(e) => Do::Fatal(400, e, u.upload.take()),
                 Ok(_) if u.received > MAX_UPLOAD_BYTES => {

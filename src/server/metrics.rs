@@ -150,8 +150,9 @@ impl Server {
             "# HELP chimed_timeouts_total Connections closed by a timeout.\n\
              # TYPE chimed_timeouts_total counter\n\
              chimed_timeouts_total{{kind=\"idle\"}} {}\n\
-             chimed_timeouts_total{{kind=\"handshake\"}} {}",
-            c.idle_timeouts, c.handshake_timeouts
+             chimed_timeouts_total{{kind=\"handshake\"}} {}\n\
+             chimed_timeouts_total{{kind=\"body\"}} {}",
+            c.idle_timeouts, c.handshake_timeouts, c.body_timeouts
         );
         metric(
             &mut out,

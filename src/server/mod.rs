@@ -84,6 +84,9 @@ pub struct Counters {
     /// Connections closed for sending nothing, or not completing a frame or HTTP head
     /// (slowloris), within `handshake_timeout_s`.
     pub handshake_timeouts: u64,
+    /// HTTP connections closed for a request body that stalled (less than
+    /// `limits::BODY_MIN_PROGRESS` bytes within `handshake_timeout_s`).
+    pub body_timeouts: u64,
 }
 
 pub struct Server {
@@ -452,6 +455,15 @@ impl Server {
         }
     }
 
+    /// Starts or pauses an HTTP request body's slowloris clock after its request moved on
+    /// (`sweep_timeouts` does it too, and cuts the stalled ones).
+    fn note_body(&mut self, key: usize) {
+        let held = self.stopping.is_some();
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.body_stalled(Instant::now(), held, &self.cfg);
+        }
+    }
+
     fn defer_read(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.read_pending = true;
@@ -567,30 +579,15 @@ impl Server {
         id: Option<&serde_json::Value>,
         data: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let conn = self.conns.get_mut(key)?;
-        let retry_after_ms = match conn.limits.check(limits::class(action), now) {
-            Verdict::Allow => None,
-            Verdict::Reject { retry_after_ms } => Some(retry_after_ms),
-            Verdict::Disconnect => {
-                self.counters.flood_disconnects += 1;
-                info!(
-                    "closing {} for flooding ({} requests rejected)",
-                    conn.ip,
-                    conn.limits.rejected()
-                );
-                conn.phase = Phase::Closing;
-                Some(limits::RETRY_NEVER_MS.min(self.rate_policy.flood_window.as_millis() as u64))
-            }
-        };
-        if let Some(ms) = retry_after_ms {
-            self.counters.rate_limited += 1;
+        if let Some(ms) = self.charge_request(key, limits::class(action)) {
             return Some(protocol::encode_error(
                 Some(action.name()),
                 id,
                 &ApiError::rate_limited(ms),
             ));
         }
+        let now = Instant::now();
+        let conn = self.conns.get_mut(key)?;
         if matches!(action, Action::Login | Action::Auth) {
             let account = match action {
                 Action::Login => data.get("username").and_then(|v| v.as_str()).map(str::to_owned),
@@ -607,6 +604,29 @@ impl Server {
             conn.login_attempt = account;
         }
         None
+    }
+
+    /// Charges one request of `class` to the connection's request budget (an action, or an
+    /// HTTP file request). `Some(retry_after_ms)` if it must not run: answer `rate_limited`;
+    /// a flooder is also set to close once that answer is written.
+    pub(super) fn charge_request(&mut self, key: usize, class: limits::Class) -> Option<u64> {
+        let conn = self.conns.get_mut(key)?;
+        let retry_after_ms = match conn.limits.check(class, Instant::now()) {
+            Verdict::Allow => return None,
+            Verdict::Reject { retry_after_ms } => retry_after_ms,
+            Verdict::Disconnect => {
+                self.counters.flood_disconnects += 1;
+                info!(
+                    "closing {} for flooding ({} requests rejected)",
+                    conn.ip,
+                    conn.limits.rejected()
+                );
+                conn.phase = Phase::Closing;
+                limits::RETRY_NEVER_MS.min(self.rate_policy.flood_window.as_millis() as u64)
+            }
+        };
+        self.counters.rate_limited += 1;
+        Some(retry_after_ms)
     }
 
     /// A LOGIN or AUTH came back: tell the failed-login throttle. Only a credential
@@ -1174,12 +1194,20 @@ impl Server {
         self.sweep_timeouts(now);
     }
 
-    /// Idle and handshake (slowloris) timeouts. See docs/ARCHITECTURE.md, "Timeouts".
+    /// Idle, handshake (slowloris) and request-body timeouts. See docs/ARCHITECTURE.md,
+    /// "Timeouts".
     fn sweep_timeouts(&mut self, now: Instant) {
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Handshake,
+            Body,
+            Idle,
+        }
         let handshake = self.cfg.handshake_timeout();
         let idle = self.cfg.idle_timeout();
+        let held = self.stopping.is_some();
         let mut timed_out = Vec::new();
-        for (key, c) in self.conns.iter() {
+        for (key, c) in self.conns.iter_mut() {
             if c.phase != Phase::Open {
                 continue;
             }
@@ -1188,26 +1216,31 @@ impl Server {
                 .partial_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= handshake);
             if silent || slow_head {
-                timed_out.push((key, false));
+                timed_out.push((key, Kind::Handshake));
+                continue;
+            }
+            if c.body_stalled(now, held, &self.cfg) {
+                timed_out.push((key, Kind::Body));
                 continue;
             }
             // Idle: no frame for the timeout, nothing waiting on us (a reply on storage,
             // output still going out: the slow-consumer limit handles that one).
-            // An HTTP request in progress (a body arriving, a download or backup streaming)
-            // is not idle either.
+            // An HTTP request in progress (a body arriving: timed above; a download or backup
+            // streaming) is not idle either.
             let busy = c.replies.waiting() > 0
                 || !c.out.is_empty()
                 || matches!(&c.framing, Framing::Http(h) if h.mid_request());
             if idle.is_some_and(|d| c.greeted && !busy && now.saturating_duration_since(c.last_active) >= d) {
-                timed_out.push((key, true));
+                timed_out.push((key, Kind::Idle));
             }
         }
-        for (key, was_idle) in timed_out {
-            if was_idle {
-                self.counters.idle_timeouts += 1;
-            } else {
-                self.counters.handshake_timeouts += 1;
+        for (key, kind) in timed_out {
+            match kind {
+                Kind::Handshake => self.counters.handshake_timeouts += 1,
+                Kind::Body => self.counters.body_timeouts += 1,
+                Kind::Idle => self.counters.idle_timeouts += 1,
             }
+            // An upload's temp file goes with the connection (`http_reap`).
             self.close_now(key);
         }
     }

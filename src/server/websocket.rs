@@ -4,6 +4,8 @@
 //!
 //! Pings are answered with pongs, a close is echoed and ends the connection, and any
 //! protocol error closes it with the RFC's code (`wire::websocket::WsError::close_code`).
+//! Every complete message counts as activity for the idle timeout, pings and pongs
+//! included: they are how WebSocket clients keep a quiet connection alive.
 
 use super::Server;
 use crate::conn::{Chunk, Framing, Phase};
@@ -44,14 +46,18 @@ impl Server {
                 Ok(Some(Message::Text(text))) => self.dispatch(key, &text),
                 Ok(Some(Message::Binary(_))) => {
                     self.counters.frames_in += 1;
+                    self.frame_seen(key); // a message, if not one we take: as a bad line
                     let err = ApiError::bad_request("frames are JSON in text messages, not binary ones");
                     self.reply_now(key, protocol::encode_error(None, None, &err));
                 }
                 Ok(Some(Message::Ping(payload))) => {
                     conn.out.push(Chunk::Owned(ws::frame(ws::OP_PONG, &payload)));
                     self.mark_dirty(key);
+                    self.frame_seen(key); // a keepalive, as PING is on a line
                 }
-                Ok(Some(Message::Pong(_))) => {}
+                // We send no pings, so a pong is unsolicited: RFC 6455 §5.5.3 makes that a
+                // one-way heartbeat, and it keeps the connection alive like a ping.
+                Ok(Some(Message::Pong(_))) => self.frame_seen(key),
                 Ok(Some(Message::Close(code, _))) => {
                     conn.out.push(Chunk::Owned(ws::close_frame(code.unwrap_or(1000), "")));
                     conn.phase = Phase::Closing;
