@@ -115,6 +115,10 @@ pub struct Server {
     /// Where SIGHUP re-reads the limits from (the flags and `--config` given at start).
     reload_args: Option<Args>,
     next_sweep: Instant,
+    /// The time this loop turn started: what per-request bookkeeping (activity, request
+    /// budgets, job deadlines) reads instead of the clock, a few `clock_gettime`s fewer
+    /// per request.
+    now: Instant,
     stopping: Option<Instant>,
     feeds: Feeds,
     rooms: Rooms,
@@ -219,6 +223,7 @@ impl Server {
             throttle,
             reload_args: None,
             next_sweep: Instant::now(),
+            now: Instant::now(),
             stopping: None,
             feeds: Feeds::new(delta_tail),
             rooms: Rooms::default(),
@@ -257,6 +262,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -564,7 +570,7 @@ impl Server {
     /// A complete frame arrived: the connection is not idle, and past its handshake.
     fn frame_seen(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.last_active = Instant::now();
+            conn.last_active = self.now;
             conn.greeted = true;
         }
     }
@@ -586,7 +592,7 @@ impl Server {
                 &ApiError::rate_limited(ms),
             ));
         }
-        let now = Instant::now();
+        let now = self.now;
         let conn = self.conns.get_mut(key)?;
         if matches!(action, Action::Login | Action::Auth) {
             let account = match action {
@@ -611,7 +617,7 @@ impl Server {
     /// a flooder is also set to close once that answer is written.
     pub(super) fn charge_request(&mut self, key: usize, class: limits::Class) -> Option<u64> {
         let conn = self.conns.get_mut(key)?;
-        let retry_after_ms = match conn.limits.check(class, Instant::now()) {
+        let retry_after_ms = match conn.limits.check(class, self.now) {
             Verdict::Allow => return None,
             Verdict::Reject { retry_after_ms } => retry_after_ms,
             Verdict::Disconnect => {
@@ -706,13 +712,13 @@ impl Server {
             action,
             id,
             feed,
-            submitted: Instant::now(),
+            submitted: self.now,
         };
         let id = origin.id.clone();
         let job = Job {
             origin,
             op,
-            deadline: Instant::now() + self.cfg.storage_timeout(),
+            deadline: self.now + self.cfg.storage_timeout(),
         };
         if let Some(server_id) = feed {
             self.feeds.begin_subscribe(server_id);
