@@ -109,6 +109,9 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// Accepting paused until a connection closes (global limit, or EMFILE).
     accept_blocked: bool,
+    /// The listener reported readiness this turn: accept after the reap phase, so a
+    /// connection whose close arrived in the same batch has freed its admission slot.
+    accept_ready: bool,
     admission: Admission,
     rate_policy: RatePolicy,
     throttle: LoginThrottle,
@@ -218,6 +221,7 @@ impl Server {
             pending_reads: Vec::new(),
             accept_paused_until: None,
             accept_blocked: false,
+            accept_ready: false,
             admission,
             rate_policy,
             throttle,
@@ -265,7 +269,8 @@ impl Server {
             self.now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    // Accepted after the reap below, not here: see `accept_ready`.
+                    LISTENER => self.accept_ready = true,
                     WAKER => {} // completions are drained below, every turn
                     SIGNALS => self.on_signal(),
                     Token(key) => {
@@ -283,6 +288,9 @@ impl Server {
             self.flush();
             self.fetch_pages();
             self.reap_closed();
+            if std::mem::take(&mut self.accept_ready) {
+                self.accept();
+            }
             self.timers();
             if self.finished_stopping() {
                 break;
@@ -308,7 +316,12 @@ impl Server {
 
     // ---- accept -------------------------------------------------------------------
 
-    /// Accepts what the listener has. Accepting pauses (the listener's readiness is left
+    /// Accepts what the listener has. Called after the turn's reap phase (and when a
+    /// pause ends), never while events are still being handled: a peer that closes and
+    /// at once reconnects delivers its EOF and the new connection in one batch, and the
+    /// closed connection's admission slot is released only by `reap_closed`. Accepting
+    /// first refused such a reconnect at the per-address (or global) limit although the
+    /// server had already seen the close. Accepting pauses (the listener's readiness is left
     /// pending; mio is edge-triggered, so nothing spins) after [`REFUSE_BURST`] refusals
     /// in one go or on EMFILE: until [`ACCEPT_BACKOFF`] passes or a connection closes,
     /// whichever is first (`reap_closed` and `timers` call this again).
