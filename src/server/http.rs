@@ -213,6 +213,11 @@ impl HttpConn {
         }
     }
 
+    /// Whether the job in flight checks the request's Bearer token.
+    pub fn checking_bearer(&self) -> bool {
+        matches!(self.phase, HttpPhase::Waiting(Next::Auth(_)))
+    }
+
     /// Whether a request is in progress (between its head and the end of its response).
     pub fn mid_request(&self) -> bool {
         !matches!(self.phase, HttpPhase::Head | HttpPhase::Closed)
@@ -701,10 +706,19 @@ impl Server {
         self.http_authenticate(key, token, Pending::Action { action, data });
     }
 
-    /// Runs the token through the AUTH job; `pending` follows under its session.
+    /// Runs the token through the AUTH job; `pending` follows under its session. The check
+    /// is limited as a line AUTH is (login budget, failed-login throttle of the address):
+    /// refused, it is 429 at once, without a job.
     fn http_authenticate(&mut self, key: usize, token: String, pending: Pending) {
+        let limited = self.check_login(key, None);
         let Some(h) = self.http_conn(key) else { return };
         h.phase = HttpPhase::Waiting(Next::Auth(pending));
+        if let Some(ms) = limited {
+            // Answered as its AUTH step, like a bad token; an upload's unread body closes
+            // the connection after the answer (`body_unread`).
+            let out = h.respond_error(Some(Action::Auth.name()), &ApiError::rate_limited(ms));
+            return self.http_send(key, out);
+        }
         self.submit_request(key, Action::Auth, None, Op::Auth { token });
     }
 
