@@ -400,3 +400,29 @@ fn bearer_checks_are_charged_to_the_login_budget() {
     let r = good.post("/api/list_servers/", Some(&token), "");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// `/healthz` (a storage round trip) and `/metrics` each cost one read of the
+/// connection's request budget.
+#[test]
+fn healthz_and_metrics_are_charged_to_the_read_budget() {
+    let config = "read_rate = 0.5\nread_burst = 3\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let mut h = Http::connect(server.addr());
+    assert_eq!(h.get("/healthz", None).status, 200);
+    assert_eq!(h.get("/metrics", None).status, 200);
+    assert_eq!(h.get("/healthz", None).status, 200);
+    let r = h.get("/metrics", None);
+    let ms = assert_rate_limited(&r);
+    assert!(ms <= 2000, "retry_after_ms {ms}");
+    assert_rate_limited(&h.get("/healthz", None));
+    h.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = h.response_with(true);
+    assert_eq!(r.status, 429);
+    // The connection stays usable; after the wait it is served again.
+    std::thread::sleep(Duration::from_millis(ms + 100));
+    let r = h.get("/healthz", None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["storage"], "up");
+    // Another connection has its own budget.
+    assert_eq!(counter(server.addr(), "chimed_rate_limited_total"), 3);
+}

@@ -540,12 +540,20 @@ impl Server {
                     body: Vec::new(),
                 }));
             }
-            Route::Health => {
+            Route::Health | Route::Metrics => {
                 h.data_only = true;
-                h.phase = HttpPhase::Waiting(Next::Response);
-                self.submit_request(key, Action::Ping, None, Op::Health);
-            }
-            Route::Metrics => {
+                // A read of the connection's budget each: a health check is a storage round
+                // trip, and the metrics are rendered on the loop.
+                let limited = self.charge_request(key, Class::Read);
+                let Some(h) = self.http_conn(key) else { return };
+                if let Some(ms) = limited {
+                    let out = h.respond_error(None, &ApiError::rate_limited(ms));
+                    return self.http_send(key, out);
+                }
+                if matches!(route, Route::Health) {
+                    h.phase = HttpPhase::Waiting(Next::Response);
+                    return self.submit_request(key, Action::Ping, None, Op::Health);
+                }
                 let text = self.render_metrics();
                 let Some(h) = self.http_conn(key) else { return };
                 let out = h.respond(200, "text/plain; version=0.0.4", text.as_bytes(), &[]);
