@@ -134,7 +134,7 @@ impl TokenBucket {
 pub enum Class {
     /// Reads state or only touches the caller's own connection: queries, subscriptions,
     /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs, and
-    /// an HTTP file download, backup, `/healthz` or `/metrics` request.
+    /// an HTTP file download, backup, `/healthz` or `/metrics` request, and a WebSocket ping.
     Read,
     /// Changes shared state or reaches other users: posts, edits, membership, roles,
     /// typing, voice and call signalling, logout; an HTTP file upload.
