@@ -112,6 +112,14 @@ impl TokenBucket {
         Err((ms as u64).clamp(1, RETRY_NEVER_MS))
     }
 
+    /// Puts back `n` tokens taken earlier (never above the burst).
+    pub fn put_back(&mut self, now: Instant, n: f64) {
+        self.refill(now);
+        if n.is_finite() && n > 0.0 {
+            self.tokens = (self.tokens + n).min(self.burst);
+        }
+    }
+
     /// Whether the bucket is full at `now` (then it holds no information worth keeping).
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.available(now) >= self.burst
@@ -126,7 +134,7 @@ impl TokenBucket {
 pub enum Class {
     /// Reads state or only touches the caller's own connection: queries, subscriptions,
     /// catch-up, PING. Also what a frame whose action is unknown or unreadable costs, and
-    /// an HTTP file download or backup.
+    /// an HTTP file download, backup, `/healthz` or `/metrics` request, and a WebSocket ping.
     Read,
     /// Changes shared state or reaches other users: posts, edits, membership, roles,
     /// typing, voice and call signalling, logout; an HTTP file upload.
@@ -275,6 +283,17 @@ impl ConnLimits {
                 }
             }
         }
+    }
+
+    /// Gives back one request of `class` that was charged and allowed (work that turned
+    /// out to cost nothing worth limiting). Strikes are not given back.
+    pub fn refund(&mut self, class: Class, now: Instant) {
+        let bucket = match class {
+            Class::Read => &mut self.read,
+            Class::Write => &mut self.write,
+            Class::Login => &mut self.login,
+        };
+        bucket.put_back(now, 1.0);
     }
 
     /// Requests rejected on this connection so far (for logs and metrics).
@@ -929,6 +948,24 @@ mod tests {
         assert_eq!(p.flood_window, Duration::from_secs(4));
         let d = RatePolicy::default();
         assert!(d.enabled && d.read.burst >= 1.0 && d.login.per_second > 0.0);
+    }
+
+    #[test]
+    fn refund_gives_a_unit_back_up_to_the_burst() {
+        let mut l = ConnLimits::new(&policy());
+        let t0 = Instant::now();
+        assert_eq!(l.check(Class::Login, t0), Verdict::Allow);
+        assert_eq!(l.check(Class::Login, t0), Verdict::Allow);
+        l.refund(Class::Login, t0);
+        assert_eq!(l.check(Class::Login, t0), Verdict::Allow);
+        assert!(matches!(l.check(Class::Login, t0), Verdict::Reject { .. }));
+        // Never above the burst.
+        let mut fresh = ConnLimits::new(&policy());
+        fresh.refund(Class::Login, t0);
+        fresh.refund(Class::Login, t0);
+        assert_eq!(fresh.check(Class::Login, t0), Verdict::Allow);
+        assert_eq!(fresh.check(Class::Login, t0), Verdict::Allow);
+        assert!(matches!(fresh.check(Class::Login, t0), Verdict::Reject { .. }));
     }
 
     #[test]

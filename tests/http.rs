@@ -6,11 +6,52 @@ mod common;
 #[path = "common/http.rs"]
 mod http;
 
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::{success, Client, TestServer};
-use http::Http;
+use http::{Http, Response};
 use serde_json::json;
+
+/// An HTTP client whose socket is bound to `source` (any 127/8 address is loopback), so
+/// the per-address limits see another client.
+fn http_from(addr: SocketAddr, source: &str) -> Http {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    Http::from_stream(TcpStream::from(sock))
+}
+
+/// Asserts a 429 `rate_limited` answer with `retry_after_ms` and `Retry-After`; returns
+/// the wait in milliseconds.
+fn assert_rate_limited(r: &Response) -> u64 {
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(
+        body["data"]["code"].as_str().or(body["code"].as_str()),
+        Some("rate_limited"),
+        "{body}"
+    );
+    let ms = body["data"]["retry_after_ms"]
+        .as_u64()
+        .or(body["retry_after_ms"].as_u64())
+        .expect("retry_after_ms");
+    assert!(ms > 0, "retry_after_ms {ms}");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    ms
+}
+
+/// A counter's value in the `/metrics` text of a fresh connection.
+fn counter(addr: SocketAddr, name: &str) -> u64 {
+    let mut h = Http::connect(addr);
+    let text = String::from_utf8(h.get("/metrics", None).body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
 
 /// Registers over the line protocol; returns (token, server_id, channel_id) of a new server.
 fn owner_with_server(c: &mut Client) -> (String, String, String) {
@@ -281,4 +322,107 @@ fn metrics_expose_connections_frames_and_latency() {
         .and_then(|v| v.parse().ok())
         .expect("frames in");
     assert!(frames_in >= 4);
+}
+
+/// Bad Bearer tokens are failed logins: once the address is throttled, its requests are
+/// 429 at once, without a token check on a worker (storage is slow here: each job takes
+/// 1.5 s, so an answer in well under that ran none). Another address is not affected.
+#[test]
+fn bad_bearer_tokens_are_throttled_per_address_without_storage_jobs() {
+    let config =
+        "login_fail_ip_burst = 3\nlogin_fail_ip_per_min = 0.01\nlogin_burst = 50\ntest_storage_delay_ms = 1500\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let addr = server.addr();
+    let mut line = server.client();
+    let (_, token) = line.register(&common::unique("bearer"));
+
+    let mut bad = http_from(addr, "127.0.0.1");
+    for i in 0..3 {
+        let r = bad.post("/api/list_servers/", Some("not-a-token"), "");
+        assert_eq!(r.status, 401, "bad token {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = bad.post("/api/list_servers/", Some("not-a-token"), "");
+        let took = t.elapsed();
+        assert_rate_limited(&r);
+        assert_eq!(r.json()["action"], "AUTH_RESPONSE", "refused as its token check");
+        assert!(
+            took < Duration::from_millis(1000),
+            "throttled request {i} took {took:?}"
+        );
+    }
+    // A file route checks its token the same way.
+    let t = Instant::now();
+    let r = bad.get("/api/files/download/1", Some("not-a-token"));
+    assert_rate_limited(&r);
+    assert!(t.elapsed() < Duration::from_millis(1000), "took {:?}", t.elapsed());
+    // So does a good token from the throttled address (as LOGIN and AUTH are)...
+    let r = bad.post("/api/list_servers/", Some(&token), "");
+    assert_rate_limited(&r);
+    assert!(counter(addr, "chimed_login_throttled_total") >= 5);
+    // ... while another address with a good token is served.
+    let mut good = http_from(addr, "127.0.0.2");
+    let r = good.post("/api/list_servers/", Some(&token), "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// A Bearer check is charged to the connection's login budget, as AUTH is: bad tokens on
+/// one connection run out of it (429 without a token check); a good token's check gives
+/// its unit back, so a keep-alive client with a good token is not held to the login rate.
+#[test]
+fn bearer_checks_are_charged_to_the_login_budget() {
+    let config = "login_rate = 0.1\nlogin_burst = 2\nlogin_fail_ip_burst = 100\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let addr = server.addr();
+    let mut line = server.client();
+    let (_, token) = line.register(&common::unique("budget"));
+
+    let mut good = Http::connect(addr);
+    for i in 0..6 {
+        let r = good.post("/api/list_servers/", Some(&token), "");
+        assert_eq!(r.status, 200, "good token {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+
+    let limited_before = counter(addr, "chimed_rate_limited_total");
+    let mut bad = Http::connect(addr);
+    for i in 0..2 {
+        let r = bad.post("/api/list_servers/", Some("not-a-token"), "");
+        assert_eq!(r.status, 401, "bad token {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let r = bad.post("/api/list_servers/", Some("not-a-token"), "");
+    let ms = assert_rate_limited(&r);
+    assert!(ms > 1000 && ms <= 10_000, "retry_after_ms {ms} (login_rate 0.1/s)");
+    let r = bad.post("/api/list_servers/", Some(&token), "");
+    assert_rate_limited(&r);
+    assert_eq!(counter(addr, "chimed_rate_limited_total"), limited_before + 2);
+    // A throttled connection's budget is its own: the good one is still served.
+    let r = good.post("/api/list_servers/", Some(&token), "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `/healthz` (a storage round trip) and `/metrics` each cost one read of the
+/// connection's request budget.
+#[test]
+fn healthz_and_metrics_are_charged_to_the_read_budget() {
+    let config = "read_rate = 0.5\nread_burst = 3\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let mut h = Http::connect(server.addr());
+    assert_eq!(h.get("/healthz", None).status, 200);
+    assert_eq!(h.get("/metrics", None).status, 200);
+    assert_eq!(h.get("/healthz", None).status, 200);
+    let r = h.get("/metrics", None);
+    let ms = assert_rate_limited(&r);
+    assert!(ms <= 2000, "retry_after_ms {ms}");
+    assert_rate_limited(&h.get("/healthz", None));
+    h.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = h.response_with(true);
+    assert_eq!(r.status, 429);
+    // The connection stays usable; after the wait it is served again.
+    std::thread::sleep(Duration::from_millis(ms + 100));
+    let r = h.get("/healthz", None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["storage"], "up");
+    // Another connection has its own budget.
+    assert_eq!(counter(server.addr(), "chimed_rate_limited_total"), 3);
 }

@@ -215,3 +215,50 @@ fn websocket_pings_alone_keep_a_connection_past_the_idle_timeout() {
     let text = metrics(server.addr());
     assert!(text.contains("chimed_timeouts_total{kind=\"idle\"} 1\n"), "{text}");
 }
+
+/// A WebSocket ping costs what a PING costs (a read): past the budget it gets no pong, and
+/// a client that keeps pinging into the limit is closed (1008) as a line flooder is, while
+/// other clients are served meanwhile.
+#[test]
+fn a_ping_flood_is_rate_limited_and_closed() {
+    let config = "read_rate = 1.0\nread_burst = 5\nflood_disconnect_after = 5\nflood_window_s = 10\n";
+    let server = TestServer::start_with(&[], Some(config));
+    let mut normal = server.client();
+    let mut flooder = connect(&server);
+    for _ in 0..200 {
+        if flooder.write(Message::Ping(b"flood"[..].into())).is_err() {
+            break; // the server may close before taking them all
+        }
+    }
+    let _ = flooder.flush();
+    common::ping_within(&mut normal, Duration::from_secs(2));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pongs = 0;
+    let mut close_code = None;
+    flooder
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    loop {
+        match flooder.read() {
+            Ok(Message::Pong(_)) => pongs += 1,
+            Ok(Message::Close(f)) => close_code = f.map(|f| u16::from(f.code)),
+            Ok(other) => panic!("the flooder got {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the ping flooder is still open ({pongs} pongs)"
+                );
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(pongs <= 6, "{pongs} pongs for a read burst of 5");
+    assert_eq!(close_code, Some(1008), "a flooder is closed with 1008");
+    common::ping_within(&mut normal, Duration::from_secs(2));
+    let text = metrics(server.addr());
+    assert!(text.contains("chimed_flood_disconnects_total 1\n"), "{text}");
+}

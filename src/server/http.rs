@@ -213,6 +213,11 @@ impl HttpConn {
         }
     }
 
+    /// Whether the job in flight checks the request's Bearer token.
+    pub fn checking_bearer(&self) -> bool {
+        matches!(self.phase, HttpPhase::Waiting(Next::Auth(_)))
+    }
+
     /// Whether a request is in progress (between its head and the end of its response).
     pub fn mid_request(&self) -> bool {
         !matches!(self.phase, HttpPhase::Head | HttpPhase::Closed)
@@ -535,12 +540,20 @@ impl Server {
                     body: Vec::new(),
                 }));
             }
-            Route::Health => {
+            Route::Health | Route::Metrics => {
                 h.data_only = true;
-                h.phase = HttpPhase::Waiting(Next::Response);
-                self.submit_request(key, Action::Ping, None, Op::Health);
-            }
-            Route::Metrics => {
+                // A read of the connection's budget each: a health check is a storage round
+                // trip, and the metrics are rendered on the loop.
+                let limited = self.charge_request(key, Class::Read);
+                let Some(h) = self.http_conn(key) else { return };
+                if let Some(ms) = limited {
+                    let out = h.respond_error(None, &ApiError::rate_limited(ms));
+                    return self.http_send(key, out);
+                }
+                if matches!(route, Route::Health) {
+                    h.phase = HttpPhase::Waiting(Next::Response);
+                    return self.submit_request(key, Action::Ping, None, Op::Health);
+                }
                 let text = self.render_metrics();
                 let Some(h) = self.http_conn(key) else { return };
                 let out = h.respond(200, "text/plain; version=0.0.4", text.as_bytes(), &[]);
@@ -701,10 +714,19 @@ impl Server {
         self.http_authenticate(key, token, Pending::Action { action, data });
     }
 
-    /// Runs the token through the AUTH job; `pending` follows under its session.
+    /// Runs the token through the AUTH job; `pending` follows under its session. The check
+    /// is limited as a line AUTH is (login budget, failed-login throttle of the address):
+    /// refused, it is 429 at once, without a job.
     fn http_authenticate(&mut self, key: usize, token: String, pending: Pending) {
+        let limited = self.check_login(key, None);
         let Some(h) = self.http_conn(key) else { return };
         h.phase = HttpPhase::Waiting(Next::Auth(pending));
+        if let Some(ms) = limited {
+            // Answered as its AUTH step, like a bad token; an upload's unread body closes
+            // the connection after the answer (`body_unread`).
+            let out = h.respond_error(Some(Action::Auth.name()), &ApiError::rate_limited(ms));
+            return self.http_send(key, out);
+        }
         self.submit_request(key, Action::Auth, None, Op::Auth { token });
     }
 

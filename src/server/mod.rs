@@ -598,30 +598,36 @@ impl Server {
         id: Option<&serde_json::Value>,
         data: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Vec<u8>> {
-        if let Some(ms) = self.charge_request(key, limits::class(action)) {
-            return Some(protocol::encode_error(
-                Some(action.name()),
-                id,
-                &ApiError::rate_limited(ms),
-            ));
-        }
-        let now = self.now;
-        let conn = self.conns.get_mut(key)?;
-        if matches!(action, Action::Login | Action::Auth) {
-            let account = match action {
-                Action::Login => data.get("username").and_then(|v| v.as_str()).map(str::to_owned),
-                _ => None,
-            };
-            if let Err(ms) = self.throttle.check(conn.ip, account.as_deref(), now) {
-                self.counters.login_throttled += 1;
-                return Some(protocol::encode_error(
-                    Some(action.name()),
-                    id,
-                    &ApiError::rate_limited(ms),
-                ));
+        let limited = match action {
+            Action::Login => {
+                let account = data.get("username").and_then(|v| v.as_str()).map(str::to_owned);
+                self.check_login(key, account)
             }
-            conn.login_attempt = account;
+            Action::Auth => self.check_login(key, None),
+            _ => self.charge_request(key, limits::class(action)),
+        };
+        let ms = limited?;
+        Some(protocol::encode_error(
+            Some(action.name()),
+            id,
+            &ApiError::rate_limited(ms),
+        ))
+    }
+
+    /// A credential check about to be queued (LOGIN, AUTH, an HTTP Bearer token): charges
+    /// the login budget, then asks the failed-login throttle (after the charge, so a
+    /// throttled client still spends its budget and a flood of them is cut off).
+    /// `Some(retry_after_ms)` if it must not run, and then no storage job is queued.
+    pub(super) fn check_login(&mut self, key: usize, account: Option<String>) -> Option<u64> {
+        if let Some(ms) = self.charge_request(key, limits::Class::Login) {
+            return Some(ms);
         }
+        let conn = self.conns.get_mut(key)?;
+        if let Err(ms) = self.throttle.check(conn.ip, account.as_deref(), self.now) {
+            self.counters.login_throttled += 1;
+            return Some(ms);
+        }
+        conn.login_attempt = account;
         None
     }
 
@@ -651,11 +657,19 @@ impl Server {
     /// A LOGIN or AUTH came back: tell the failed-login throttle. Only a credential
     /// failure (`unauthenticated`) counts, not storage trouble or a malformed request.
     fn record_login(&mut self, key: usize, effect: &Effect, frame: &[u8]) {
-        let now = Instant::now();
+        let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else { return };
         let account = conn.login_attempt.take();
         match effect {
-            Effect::Session(s) => self.throttle.record_success(conn.ip, &s.username, now),
+            Effect::Session(s) => {
+                self.throttle.record_success(conn.ip, &s.username, now);
+                // An HTTP request checks its Bearer token every time (sessions do not
+                // stick): a good one gives its login unit back, so only failed checks
+                // wear the login budget down and the API mirror keeps its read/write rates.
+                if matches!(&conn.framing, Framing::Http(h) if h.checking_bearer()) {
+                    conn.limits.refund(limits::Class::Login, now);
+                }
+            }
             Effect::Failed if contains(frame, b"\"unauthenticated\"") => {
                 self.throttle.record_failure(conn.ip, account.as_deref(), now)
             }

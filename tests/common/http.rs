@@ -45,6 +45,17 @@ impl Http {
         }
     }
 
+    /// An HTTP client on a socket the caller connected (e.g. bound to another source
+    /// address).
+    pub fn from_stream(stream: TcpStream) -> Http {
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Http {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write request");
     }
