@@ -296,6 +296,48 @@ fn over_budget_is_rate_limited_with_retry_after_and_a_flooder_is_cut_off() {
     assert!(metrics.contains("chimed_flood_disconnects_total 1\n"), "{metrics}");
 }
 
+/// Unreadable and unknown frames cost a read like any request: a client streaming garbage
+/// is told to slow down and then cut off, while others are served.
+#[test]
+fn a_garbage_flood_is_rate_limited_and_cut_off() {
+    let config = "read_rate = 5.0\nread_burst = 5\nflood_disconnect_after = 10\nflood_window_s = 10\n";
+    let srv = TestServer::start_with(&[], Some(config));
+    let mut normal = srv.client();
+    let mut flooder = Client::connect(srv.addr());
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let line = match i % 3 {
+            0 => "not json".to_string(),
+            1 => format!(r#"{{"action":"NO_SUCH_ACTION","id":{i}}}"#),
+            _ => "[1,2,3]".to_string(),
+        };
+        batch.extend_from_slice(line.as_bytes());
+        batch.push(b'\n');
+    }
+    let mut w = flooder.stream().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&batch); // the server may close before taking it all
+    });
+    ping_within(&mut normal, PROMPT);
+    flooder.set_timeout(CLOSED_WITHIN);
+    let frames = flooder.expect_closed();
+    writer.join().unwrap();
+    let limited = frames.iter().filter(|f| f["data"]["code"] == "rate_limited").count();
+    let refused = frames
+        .iter()
+        .filter(|f| f["data"]["code"] == "bad_request" || f["data"]["code"] == "unknown_action")
+        .count();
+    assert!(refused <= 5, "{refused} garbage frames answered past a burst of 5");
+    assert!(
+        (10..=11).contains(&limited),
+        "{limited} rejections before the disconnect"
+    );
+    assert_eq!(refused + limited, frames.len(), "{frames:?}");
+    ping_within(&mut normal, PROMPT);
+    let (_, metrics) = connection_gauge(srv.addr());
+    assert!(metrics.contains("chimed_flood_disconnects_total 1\n"), "{metrics}");
+}
+
 #[test]
 fn idle_connections_are_closed_and_ping_keeps_one_alive() {
     let srv = TestServer::start_with(&["--idle-timeout-s", "1"], None);

@@ -566,18 +566,24 @@ impl Server {
         self.frame_seen(key);
         let req = match protocol::decode(frame) {
             Ok(r) => r,
-            Err(e) => {
-                return self.reply_now(
-                    key,
-                    protocol::encode_error(e.action.as_deref(), e.id.as_ref(), &e.error),
-                )
-            }
+            Err(e) => return self.refuse_frame(key, e.action.as_deref(), e.id.as_ref(), e.error),
         };
         let Some(action) = Action::from_name(&req.action) else {
             let err = ApiError::new(ErrorCode::UnknownAction, format!("unknown action {}", req.action));
-            return self.reply_now(key, protocol::encode_error(Some(&req.action), req.id.as_ref(), &err));
+            return self.refuse_frame(key, Some(&req.action), req.id.as_ref(), err);
         };
         self.run_action(key, action, req.id, req.data, None);
+    }
+
+    /// Answers a frame that names no action we run (unreadable, or unknown). It costs a
+    /// read of the request budget like any request, so a stream of garbage is rate
+    /// limited and its sender cut off as a flooder, not answered without end.
+    fn refuse_frame(&mut self, key: usize, action: Option<&str>, id: Option<&serde_json::Value>, err: ApiError) {
+        let err = match self.charge_request(key, limits::Class::Read) {
+            Some(ms) => ApiError::rate_limited(ms),
+            None => err,
+        };
+        self.reply_now(key, protocol::encode_error(action, id, &err));
     }
 
     /// A complete frame arrived: the connection is not idle, and past its handshake.
