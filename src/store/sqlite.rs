@@ -276,13 +276,20 @@ pub fn migrate(path: &str, timeout: Duration) -> Result<u32, StoreError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn migrates_twice_and_maps_conflicts() {
-        let dir = std::env::temp_dir().join(format!("chimed-sqlite-{}", std::process::id()));
+    /// A path for a new database file in a directory of this test's own.
+    fn fresh_db(tag: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("chimed-sqlite-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
-        let p = path.to_str().unwrap();
+        let p = path.to_string_lossy().into_owned();
+        (dir, p)
+    }
+
+    #[test]
+    fn migrates_twice_and_maps_conflicts() {
+        let (_dir, p) = fresh_db("twice");
+        let p = p.as_str();
         let latest = MIGRATIONS.len() as u32;
         assert_eq!(migrate(p, Duration::from_secs(1)).unwrap(), latest);
         assert_eq!(migrate(p, Duration::from_secs(1)).unwrap(), latest);
@@ -303,11 +310,8 @@ mod tests {
     /// idempotency key stays unique where it is set.
     #[test]
     fn upgrades_a_version_1_database() {
-        let dir = std::env::temp_dir().join(format!("chimed-sqlite-v1-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.db");
-        let _ = std::fs::remove_file(&path);
-        let p = path.to_str().unwrap();
+        let (dir, p) = fresh_db("v1");
+        let p = p.as_str();
         let mut db = SqliteDb::open(p, Duration::from_secs(1)).unwrap();
         db.conn.execute_batch(MIGRATIONS[0]).unwrap();
         db.conn
