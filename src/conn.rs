@@ -108,6 +108,14 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// Frees the queue's allocation if nothing is queued (an idle connection keeps none).
+    pub fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+            self.head = 0;
+        }
+    }
+
     /// Drops everything queued but keeps the allocation (for benchmarks that fan out
     /// without sockets).
     pub fn clear(&mut self) {
@@ -214,6 +222,13 @@ impl ReplyOrder {
     /// Replies not yet sent (waiting on storage, or behind one that is).
     pub fn waiting(&self) -> usize {
         self.parked.len()
+    }
+
+    /// Frees the slots' allocation if no reply is pending (an idle connection keeps none).
+    pub fn release_if_empty(&mut self) {
+        if self.parked.is_empty() && self.parked.capacity() > 0 {
+            self.parked = VecDeque::new();
+        }
     }
 }
 
@@ -409,6 +424,27 @@ fn ws_text(frame: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_queues_give_back_their_allocations_and_full_ones_keep_them() {
+        let mut out = OutQueue::default();
+        let mut replies = ReplyOrder::default();
+        let seq = replies.reserve();
+        replies.release_if_empty();
+        assert_eq!(replies.waiting(), 1, "a pending reply keeps its slot");
+        replies.complete(seq, b"r\n".to_vec(), &mut out);
+        out.release_if_empty();
+        assert_eq!(out.len(), 2, "queued output is kept");
+        replies.release_if_empty();
+        assert_eq!(replies.parked.capacity(), 0);
+        out.consume(2);
+        out.release_if_empty();
+        assert_eq!(out.chunks.capacity(), 0);
+        // Still usable afterwards.
+        out.push(Chunk::Owned(b"x\n".to_vec()));
+        assert_eq!(out.len(), 2);
+        assert_eq!(replies.reserve(), seq + 1);
+    }
 
     /// A writer that takes at most `cap` bytes per call and then would block.
     struct Trickle {

@@ -56,6 +56,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the timers walk the connection table.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long a connection sends nothing before the sweep frees its empty queues.
+const RELEASE_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Connections refused (accepted only for their error frame) per accept event before
 /// accepting pauses for [`ACCEPT_BACKOFF`] (or until a slot frees): a connect storm
 /// against a full server costs bounded work per turn.
@@ -1271,6 +1273,13 @@ impl Server {
                 || matches!(&c.framing, Framing::Http(h) if h.mid_request());
             if idle.is_some_and(|d| c.greeted && !busy && now.saturating_duration_since(c.last_active) >= d) {
                 timed_out.push((key, Kind::Idle));
+                continue;
+            }
+            // A connection quiet for a while gives back its queues' allocations (~220 B
+            // after a handshake); a busy one keeps them to avoid reallocating per reply.
+            if !busy && now.saturating_duration_since(c.last_active) >= RELEASE_IDLE_AFTER {
+                c.out.release_if_empty();
+                c.replies.release_if_empty();
             }
         }
         for (key, kind) in timed_out {
