@@ -121,6 +121,10 @@ impl Mariadb {
             .arg(format!("--user={}", db.user))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
+            // Passed on to the bootstrap mariadbd: two instances installing at once in the
+            // shared /tmp collided on their temporary tables ("Unknown table
+            // 'mysql.tmp_user_sys'"), so each gets a tmpdir of its own.
+            .arg(format!("--tmpdir={}", db.tmpdir().display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -141,6 +145,13 @@ impl Mariadb {
 
     fn datadir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The instance's own temporary directory (created on first use).
+    fn tmpdir(&self) -> PathBuf {
+        let dir = self.dir.join("tmp");
+        let _ = std::fs::create_dir_all(&dir);
+        dir
     }
 
     /// The server URL, without a database.
@@ -168,6 +179,7 @@ impl Mariadb {
             .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--port={}", self.port))
+            .arg(format!("--tmpdir={}", self.tmpdir().display()))
             .arg("--bind-address=127.0.0.1")
             .arg("--skip-networking=0")
             .arg(format!("--user={}", self.user))
