@@ -140,18 +140,7 @@ impl Sent {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop::sample::select(vec![
-        ErrorCode::BadRequest,
-        ErrorCode::UnknownAction,
-        ErrorCode::Unauthenticated,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::Conflict,
-        ErrorCode::TooLarge,
-        ErrorCode::RateLimited,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ])
+    prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
 /// A frame limit and input for it: lines of lengths around the limit (so frames of exactly

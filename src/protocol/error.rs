@@ -37,23 +37,23 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, in the order of the enum.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownAction,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     /// The code of a wire name (`"not_found"`), for transports that re-read a frame.
     pub fn parse(s: &str) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        [
-            BadRequest,
-            UnknownAction,
-            Unauthenticated,
-            Forbidden,
-            NotFound,
-            Conflict,
-            TooLarge,
-            RateLimited,
-            Unavailable,
-            Internal,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
