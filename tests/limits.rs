@@ -321,8 +321,8 @@ fn a_garbage_flood_is_rate_limited_and_cut_off() {
         batch.extend_from_slice(line.as_bytes());
         batch.push(b'\n');
     }
-    // One PING during the flood: the normal client's read budget (burst 5) also pays for the
-    // PING and the /metrics request after it.
+    // One PING during the flood: the normal client's read budget (burst 5) also pays for
+    // the PING after it.
     let frames = flood_until_closed(&mut flooder, batch, &mut normal, 1);
     let limited = frames.iter().filter(|f| f["data"]["code"] == "rate_limited").count();
     let refused = frames
